@@ -1,0 +1,72 @@
+//! `contrastgeo embed`: posts in, one JSONL embedding per post out.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::input::{InputFormat, InputLine, PostReader};
+use super::progress::{bulk_progress, rate_message};
+use super::{open_output, ModelArgs};
+
+/// Arguments of `contrastgeo embed`.
+#[derive(Debug, clap::Args)]
+pub struct EmbedArgs {
+    /// Input file of posts (one per line, or JSONL with a `text` field); `-` or absent for stdin.
+    #[arg(long, short)]
+    pub input: Option<PathBuf>,
+    /// Output JSONL file; absent for stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// How to read input lines.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: InputFormat,
+    /// Model options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Lines read and embedded per round: bounds memory on any input size.
+const CHUNK_LINES: usize = 2048;
+
+/// Runs the command; returns how many input lines were rejected.
+pub fn run(args: &EmbedArgs) -> anyhow::Result<usize> {
+    let encoder = args.model.load_encoder()?;
+    let (mut reader, size) = PostReader::open(args.input.as_deref(), args.format)?;
+    let mut out = open_output(args.output.as_deref())?;
+    let bar = bulk_progress(size);
+    let (mut embedded, mut rejected) = (0u64, 0usize);
+    loop {
+        let (chunk, bytes) = reader.next_chunk(CHUNK_LINES).context("reading input")?;
+        if chunk.is_empty() {
+            break;
+        }
+        let (good, bad): (Vec<InputLine>, Vec<InputLine>) = chunk
+            .into_iter()
+            .partition(|l| l.text.as_ref().is_ok_and(|t| !t.trim().is_empty()));
+        for line in &bad {
+            let why = line
+                .text
+                .as_ref()
+                .err()
+                .map(String::as_str)
+                .unwrap_or("empty text");
+            bar.suspend(|| eprintln!("line {}: {why}; skipped", line.line));
+        }
+        rejected += bad.len();
+        let texts: Vec<&str> = good.iter().filter_map(|l| l.text.as_deref().ok()).collect();
+        let embeddings = encoder.embed(&texts)?;
+        for (line, embedding) in good.iter().zip(embeddings) {
+            let record =
+                serde_json::json!({ "line": line.line, "id": line.id, "embedding": embedding });
+            writeln!(out, "{record}")?;
+        }
+        embedded += good.len() as u64;
+        bar.inc(bytes);
+        bar.set_message(rate_message(embedded, &bar));
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    tracing::info!(embedded, rejected, "embed finished");
+    Ok(rejected)
+}

@@ -1,0 +1,80 @@
+//! The `contrastgeo` command line: thin clap commands over the library.
+
+pub mod embed;
+pub mod input;
+pub mod progress;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::model::{DeviceChoice, EncoderSettings, ModelFiles, Pooling, TextEncoder};
+
+/// contrastgeo: where was this post written?
+#[derive(Debug, clap::Parser)]
+#[command(name = "contrastgeo", version, about)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Sub-commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Embed posts with the text encoder and write JSONL vectors.
+    Embed(embed::EmbedArgs),
+}
+
+/// Options shared by every command that loads the encoder.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, env = crate::model::files::MODEL_DIR_ENV)]
+    pub model: Option<PathBuf>,
+    /// Where to run the model.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
+    /// Longest token sequence; longer posts are truncated.
+    #[arg(long, default_value_t = EncoderSettings::default().max_length)]
+    pub max_length: usize,
+    /// Pooling of token states.
+    #[arg(long, value_enum, default_value_t)]
+    pub pooling: Pooling,
+    /// Posts per forward pass.
+    #[arg(long, default_value_t = EncoderSettings::default().batch_size)]
+    pub batch_size: usize,
+}
+
+impl ModelArgs {
+    /// The encoder settings these flags describe.
+    pub fn settings(&self) -> EncoderSettings {
+        EncoderSettings {
+            max_length: self.max_length,
+            pooling: self.pooling,
+            batch_size: self.batch_size,
+        }
+    }
+
+    /// Resolves, loads and reports the encoder.
+    pub fn load_encoder(&self) -> anyhow::Result<TextEncoder> {
+        let files = ModelFiles::resolve(self.model.as_deref())?;
+        let device = self.device.open()?;
+        let settings = self.settings();
+        tracing::info!(model = %files.dir.display(), ?device, ?settings, "loading encoder");
+        Ok(TextEncoder::load(&files, settings, &device)?)
+    }
+}
+
+/// Opens `path` for writing, or stdout when absent or `-`.
+pub fn open_output(path: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(p) if p != Path::new("-") => {
+            let file =
+                std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            Box::new(std::io::BufWriter::new(file))
+        }
+        _ => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    })
+}

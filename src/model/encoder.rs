@@ -1,0 +1,240 @@
+//! The text encoder: tokenizer + trainable BERT + pooling + L2 normalisation.
+//!
+//! One type serves both sides of ContrastGeo (posts and location prompts). Weights live in a `VarMap`, so the
+//! same encoder is trained in place and then used for inference.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::bert::{BertEncoder, ForwardMode};
+use super::config::BertConfig;
+use super::error::{ModelError, Result};
+use super::files::ModelFiles;
+use super::pooling::{l2_normalize, to_rows, Pooling};
+use super::tokenize::{length_buckets, PostTokenizer, TokenBatch};
+
+/// Settings of a text encoder that are not part of the checkpoint's architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EncoderSettings {
+    /// Longest token sequence, special tokens included; longer texts are truncated.
+    pub max_length: usize,
+    /// Pooling of token states.
+    pub pooling: Pooling,
+    /// Texts per forward pass when embedding many.
+    pub batch_size: usize,
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        Self {
+            max_length: 128,
+            pooling: Pooling::Mean,
+            batch_size: 64,
+        }
+    }
+}
+
+/// A BERT-family sentence encoder producing unit-length embeddings.
+pub struct TextEncoder {
+    tokenizer: PostTokenizer,
+    bert: BertEncoder,
+    vars: VarMap,
+    settings: EncoderSettings,
+    device: Device,
+}
+
+impl TextEncoder {
+    /// Loads a Hugging Face checkpoint (`config.json`, `model.safetensors`, `tokenizer.json`) onto `device`.
+    pub fn load(files: &ModelFiles, settings: EncoderSettings, device: &Device) -> Result<Self> {
+        let config = read_config(&files.config)?;
+        Self::load_with_weights(&config, &files.tokenizer, &files.weights, settings, device)
+    }
+
+    /// Builds the encoder for `config` and fills it from `weights` (a base model or a trained checkpoint).
+    pub fn load_with_weights(
+        config: &BertConfig,
+        tokenizer: &Path,
+        weights: &Path,
+        settings: EncoderSettings,
+        device: &Device,
+    ) -> Result<Self> {
+        if settings.max_length > config.max_position_embeddings {
+            return Err(ModelError::InvalidSetting(format!(
+                "max_length {} exceeds the model's {} positions",
+                settings.max_length, config.max_position_embeddings
+            )));
+        }
+        let tokenizer = PostTokenizer::from_file(tokenizer, settings.max_length)?;
+        let vars = VarMap::new();
+        let bert = build_bert(config, &vars, weights, device)?;
+        Ok(Self {
+            tokenizer,
+            bert,
+            vars,
+            settings,
+            device: device.clone(),
+        })
+    }
+
+    /// Width of the embeddings.
+    pub fn hidden_size(&self) -> usize {
+        self.bert.config().hidden_size
+    }
+
+    /// The architecture of the underlying BERT.
+    pub fn config(&self) -> &BertConfig {
+        self.bert.config()
+    }
+
+    /// The settings this encoder runs with.
+    pub fn settings(&self) -> &EncoderSettings {
+        &self.settings
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &PostTokenizer {
+        &self.tokenizer
+    }
+
+    /// The trainable weights (names as in the Hugging Face checkpoint).
+    pub fn vars(&self) -> &VarMap {
+        &self.vars
+    }
+
+    /// Pooled, L2-normalised embeddings `[B, H]` of a padded batch.
+    pub fn embed_batch(&self, batch: &TokenBatch, mode: ForwardMode) -> Result<Tensor> {
+        let hidden = self
+            .bert
+            .forward(&batch.input_ids, &batch.attention_mask, mode)?;
+        let pooled = self.settings.pooling.pool(&hidden, &batch.attention_mask)?;
+        Ok(l2_normalize(&pooled)?)
+    }
+
+    /// Embeddings `[N, H]` of `texts` as one batch, in order: the differentiable path used in training.
+    pub fn embed_texts(&self, texts: &[&str], mode: ForwardMode) -> Result<Tensor> {
+        let ids = self.tokenizer.tokenize(texts)?;
+        let refs: Vec<&[u32]> = ids.iter().map(|s| s.as_slice()).collect();
+        let batch = self.tokenizer.batch(&refs, &self.device)?;
+        self.embed_batch(&batch, mode)
+    }
+
+    /// Unit-length embeddings of `texts` for inference, in input order. Texts are bucketed by length into
+    /// batches of `batch_size`; batches run in parallel on the rayon pool.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let ids = self.tokenizer.tokenize(texts)?;
+        let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
+        let buckets = length_buckets(&lengths, self.settings.batch_size);
+        let embedded: Vec<(Vec<usize>, Vec<Vec<f32>>)> = buckets
+            .into_par_iter()
+            .map(|bucket| {
+                let refs: Vec<&[u32]> = bucket.iter().map(|&i| ids[i].as_slice()).collect();
+                let batch = self.tokenizer.batch(&refs, &self.device)?;
+                let rows = to_rows(&self.embed_batch(&batch, ForwardMode::Inference)?)?;
+                Ok((bucket, rows))
+            })
+            .collect::<Result<_>>()?;
+        let mut out = vec![Vec::new(); texts.len()];
+        for (bucket, rows) in embedded {
+            for (index, row) in bucket.into_iter().zip(rows) {
+                out[index] = row;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the weights with those of a checkpoint file written by [`TextEncoder::save_weights`].
+    pub fn load_weights(&self, path: &Path) -> Result<()> {
+        fill_vars(&self.vars, path, &self.device)
+    }
+
+    /// Writes the weights as safetensors, with the Hugging Face names.
+    pub fn save_weights(&self, path: &Path) -> Result<()> {
+        Ok(self.vars.save(path)?)
+    }
+}
+
+/// Parses a `config.json`.
+pub fn read_config(path: &Path) -> Result<BertConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::BadConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Creates the encoder's variables under the prefix the checkpoint uses, then fills them from `weights`.
+fn build_bert(
+    config: &BertConfig,
+    vars: &VarMap,
+    weights: &Path,
+    device: &Device,
+) -> Result<BertEncoder> {
+    let bad = |reason: String| ModelError::BadWeights {
+        path: weights.to_path_buf(),
+        reason,
+    };
+    let file = unsafe { candle_core::safetensors::MmapedSafetensors::new(weights) }
+        .map_err(|e| bad(e.to_string()))?;
+    let names: Vec<String> = file.tensors().into_iter().map(|(name, _)| name).collect();
+    let prefix = weight_prefix(&names, config.model_type.as_deref()).ok_or_else(|| {
+        bad("no `embeddings.word_embeddings.weight` tensor under any known prefix".into())
+    })?;
+    let root = candle_nn::VarBuilder::from_varmap(vars, DType::F32, device);
+    let vb = if prefix.is_empty() {
+        root
+    } else {
+        root.pp(prefix.trim_end_matches('.'))
+    };
+    let bert = BertEncoder::new(config, vb).map_err(|e| bad(e.to_string()))?;
+    fill_vars(vars, weights, device)?;
+    Ok(bert)
+}
+
+/// The prefix ("", "bert.", "<model_type>.") before `embeddings.word_embeddings.weight` in a checkpoint.
+fn weight_prefix(names: &[String], model_type: Option<&str>) -> Option<String> {
+    let mut candidates = vec![String::new(), "bert.".to_string()];
+    if let Some(model_type) = model_type {
+        candidates.push(format!("{model_type}."));
+    }
+    candidates.into_iter().find(|p| {
+        names
+            .iter()
+            .any(|n| *n == format!("{p}embeddings.word_embeddings.weight"))
+    })
+}
+
+/// Sets every variable in `vars` from the tensor of the same name in `path`, converting to f32.
+fn fill_vars(vars: &VarMap, path: &Path, device: &Device) -> Result<()> {
+    let bad = |reason: String| ModelError::BadWeights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+        .map_err(|e| bad(e.to_string()))?;
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| bad("variable map poisoned".into()))?;
+    for (name, var) in data.iter() {
+        let tensor = file
+            .load(name, device)
+            .map_err(|e| bad(format!("tensor {name}: {e}")))?
+            .to_dtype(DType::F32)?;
+        var.set(&tensor)
+            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+    }
+    Ok(())
+}
