@@ -26,6 +26,18 @@ pub struct EmbedArgs {
     pub model: ModelArgs,
 }
 
+/// One output line of `contrastgeo embed`.
+#[derive(serde::Serialize)]
+struct EmbeddingRecord<'a> {
+    /// 1-based input line number.
+    line: usize,
+    /// The input's `id`, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a serde_json::Value>,
+    /// Unit-length embedding.
+    embedding: Vec<f32>,
+}
+
 /// Lines read and embedded per round: bounds memory on any input size.
 const CHUNK_LINES: usize = 2048;
 
@@ -57,9 +69,13 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<usize> {
         let texts: Vec<&str> = good.iter().filter_map(|l| l.text.as_deref().ok()).collect();
         let embeddings = encoder.embed(&texts)?;
         for (line, embedding) in good.iter().zip(embeddings) {
-            let record =
-                serde_json::json!({ "line": line.line, "id": line.id, "embedding": embedding });
-            writeln!(out, "{record}")?;
+            let record = EmbeddingRecord {
+                line: line.line,
+                id: line.id.as_ref(),
+                embedding,
+            };
+            serde_json::to_writer(&mut out, &record)?;
+            out.write_all(b"\n")?;
         }
         embedded += good.len() as u64;
         bar.inc(bytes);

@@ -45,6 +45,9 @@ pub struct ModelArgs {
     /// Posts per forward pass.
     #[arg(long, default_value_t = EncoderSettings::default().batch_size)]
     pub batch_size: usize,
+    /// Most padded tokens per forward pass (long posts get smaller batches).
+    #[arg(long, default_value_t = EncoderSettings::default().max_batch_tokens)]
+    pub max_batch_tokens: usize,
 }
 
 impl ModelArgs {
@@ -54,6 +57,7 @@ impl ModelArgs {
             max_length: self.max_length,
             pooling: self.pooling,
             batch_size: self.batch_size,
+            max_batch_tokens: self.max_batch_tokens,
         }
     }
 

@@ -3,6 +3,7 @@
 //! One type serves both sides of ContrastGeo (posts and location prompts). Weights live in a `VarMap`, so the
 //! same encoder is trained in place and then used for inference.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -25,8 +26,10 @@ pub struct EncoderSettings {
     pub max_length: usize,
     /// Pooling of token states.
     pub pooling: Pooling,
-    /// Texts per forward pass when embedding many.
+    /// Most texts per forward pass when embedding many.
     pub batch_size: usize,
+    /// Most padded tokens (texts x longest text) per forward pass.
+    pub max_batch_tokens: usize,
 }
 
 impl Default for EncoderSettings {
@@ -34,7 +37,8 @@ impl Default for EncoderSettings {
         Self {
             max_length: 128,
             pooling: Pooling::Mean,
-            batch_size: 64,
+            batch_size: 32,
+            max_batch_tokens: 4096,
         }
     }
 }
@@ -42,7 +46,12 @@ impl Default for EncoderSettings {
 /// A BERT-family sentence encoder producing unit-length embeddings.
 pub struct TextEncoder {
     tokenizer: PostTokenizer,
+    /// Built on the `VarMap`'s variables: every op is recorded for backprop.
     bert: BertEncoder,
+    /// The same weights (shared storage, so optimiser updates show here too) without variable tracking.
+    /// Inference through the tracked copy would keep every intermediate tensor of the forward pass alive
+    /// for a backward pass that never comes: 3x the memory and a slower, cache-hostile pass.
+    bert_untracked: BertEncoder,
     vars: VarMap,
     settings: EncoderSettings,
     device: Device,
@@ -71,10 +80,11 @@ impl TextEncoder {
         }
         let tokenizer = PostTokenizer::from_file(tokenizer, settings.max_length)?;
         let vars = VarMap::new();
-        let bert = build_bert(config, &vars, weights, device)?;
+        let (bert, bert_untracked) = build_bert(config, &vars, weights, device)?;
         Ok(Self {
             tokenizer,
             bert,
+            bert_untracked,
             vars,
             settings,
             device: device.clone(),
@@ -113,9 +123,11 @@ impl TextEncoder {
 
     /// Pooled, L2-normalised embeddings `[B, H]` of a padded batch.
     pub fn embed_batch(&self, batch: &TokenBatch, mode: ForwardMode) -> Result<Tensor> {
-        let hidden = self
-            .bert
-            .forward(&batch.input_ids, &batch.attention_mask, mode)?;
+        let bert = match mode {
+            ForwardMode::Train { .. } => &self.bert,
+            ForwardMode::Inference => &self.bert_untracked,
+        };
+        let hidden = bert.forward(&batch.input_ids, &batch.attention_mask, mode)?;
         let pooled = self.settings.pooling.pool(&hidden, &batch.attention_mask)?;
         Ok(l2_normalize(&pooled)?)
     }
@@ -133,7 +145,11 @@ impl TextEncoder {
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let ids = self.tokenizer.tokenize(texts)?;
         let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
-        let buckets = length_buckets(&lengths, self.settings.batch_size);
+        let buckets = length_buckets(
+            &lengths,
+            self.settings.batch_size,
+            self.settings.max_batch_tokens,
+        );
         let embedded: Vec<(Vec<usize>, Vec<Vec<f32>>)> = buckets
             .into_par_iter()
             .map(|bucket| {
@@ -175,13 +191,14 @@ pub fn read_config(path: &Path) -> Result<BertConfig> {
     })
 }
 
-/// Creates the encoder's variables under the prefix the checkpoint uses, then fills them from `weights`.
+/// Creates the encoder's variables under the prefix the checkpoint uses and fills them from `weights`;
+/// returns the tracked encoder and an untracked twin sharing its storage.
 fn build_bert(
     config: &BertConfig,
     vars: &VarMap,
     weights: &Path,
     device: &Device,
-) -> Result<BertEncoder> {
+) -> Result<(BertEncoder, BertEncoder)> {
     let bad = |reason: String| ModelError::BadWeights {
         path: weights.to_path_buf(),
         reason,
@@ -192,15 +209,29 @@ fn build_bert(
     let prefix = weight_prefix(&names, config.model_type.as_deref()).ok_or_else(|| {
         bad("no `embeddings.word_embeddings.weight` tensor under any known prefix".into())
     })?;
-    let root = candle_nn::VarBuilder::from_varmap(vars, DType::F32, device);
-    let vb = if prefix.is_empty() {
-        root
-    } else {
-        root.pp(prefix.trim_end_matches('.'))
+    let under_prefix = |vb: candle_nn::VarBuilder<'static>| {
+        if prefix.is_empty() {
+            vb
+        } else {
+            vb.pp(prefix.trim_end_matches('.'))
+        }
     };
-    let bert = BertEncoder::new(config, vb).map_err(|e| bad(e.to_string()))?;
+    let root = candle_nn::VarBuilder::from_varmap(vars, DType::F32, device);
+    let bert = BertEncoder::new(config, under_prefix(root)).map_err(|e| bad(e.to_string()))?;
     fill_vars(vars, weights, device)?;
-    Ok(bert)
+    let detached: HashMap<String, Tensor> = {
+        let data = vars
+            .data()
+            .lock()
+            .map_err(|_| bad("variable map poisoned".into()))?;
+        data.iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+            .collect()
+    };
+    let untracked_root = candle_nn::VarBuilder::from_tensors(detached, DType::F32, device);
+    let bert_untracked =
+        BertEncoder::new(config, under_prefix(untracked_root)).map_err(|e| bad(e.to_string()))?;
+    Ok((bert, bert_untracked))
 }
 
 /// The prefix ("", "bert.", "<model_type>.") before `embeddings.word_embeddings.weight` in a checkpoint.

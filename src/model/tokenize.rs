@@ -114,15 +114,31 @@ impl TokenBatch {
     }
 }
 
-/// Groups item indices into batches of at most `batch_size`, items of similar length together
-/// (sorted by length, longest first, so the first batch shows the worst-case memory at once).
-pub fn length_buckets(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+/// Groups item indices into batches of similar length: sorted by length (longest first, so the first batch
+/// shows the worst-case memory at once), each batch holding at most `max_items` items and at most
+/// `max_tokens` padded tokens (items x longest length). The token budget keeps a batch of long posts from
+/// paying for quadratic attention over mostly padding; a single item longer than the budget still gets a
+/// batch of its own.
+pub fn length_buckets(lengths: &[usize], max_items: usize, max_tokens: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-    order
-        .chunks(batch_size.max(1))
-        .map(|c| c.to_vec())
-        .collect()
+    let mut buckets: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for index in order {
+        // Sorted longest first: the first member's length is the batch's padded width.
+        let width = current
+            .first()
+            .map_or(lengths[index], |&first| lengths[first]);
+        let full = current.len() >= max_items.max(1) || (current.len() + 1) * width > max_tokens;
+        if full && !current.is_empty() {
+            buckets.push(std::mem::take(&mut current));
+        }
+        current.push(index);
+    }
+    if !current.is_empty() {
+        buckets.push(current);
+    }
+    buckets
 }
 
 #[cfg(test)]
@@ -132,12 +148,21 @@ mod tests {
     #[test]
     fn buckets_cover_every_item_once_and_group_by_length() {
         let lengths = [5, 1, 9, 3, 7, 2, 8];
-        let buckets = length_buckets(&lengths, 3);
+        let buckets = length_buckets(&lengths, 3, usize::MAX);
         let mut seen: Vec<usize> = buckets.iter().flatten().copied().collect();
         seen.sort();
         assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
         assert!(buckets.iter().all(|b| b.len() <= 3));
         assert_eq!(buckets[0], vec![2, 6, 4]);
+    }
+
+    #[test]
+    fn token_budget_splits_batches_of_long_items() {
+        let lengths = [100, 100, 100, 10, 10, 10, 10];
+        let buckets = length_buckets(&lengths, 8, 250);
+        assert_eq!(buckets, vec![vec![0, 1], vec![2, 3], vec![4, 5, 6]]);
+        // An item over the budget on its own still gets a batch.
+        assert_eq!(length_buckets(&[500, 5], 8, 100), vec![vec![0], vec![1]]);
     }
 
     #[test]
