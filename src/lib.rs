@@ -4,4 +4,7 @@
 //! owner: [`model`] turns text into embeddings.
 
 pub mod cli;
+pub mod data;
+pub mod geo;
 pub mod model;
+pub mod train;

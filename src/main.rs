@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use contrastgeo::cli::{embed, Cli, Command};
+use contrastgeo::cli::{embed, train, Cli, Command};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Train(args) => train::run(args),
     };
     match outcome {
         Ok(0) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 pub mod embed;
 pub mod input;
 pub mod progress;
+pub mod train;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Embed posts with the text encoder and write JSONL vectors.
     Embed(embed::EmbedArgs),
+    /// Train a ContrastGeo checkpoint from a few labelled posts per city.
+    Train(train::TrainArgs),
 }
 
 /// Options shared by every command that loads the encoder.

@@ -43,6 +43,17 @@ impl Default for EncoderSettings {
     }
 }
 
+/// The encoder's output for a batch of texts.
+#[derive(Debug, Clone)]
+pub struct EncodedTexts {
+    /// `[B, H]` pooled, unit-length embeddings.
+    pub pooled: Tensor,
+    /// `[B, T, H]` token states.
+    pub hidden: Tensor,
+    /// `[B, T]` u32 attention mask (1 on real tokens).
+    pub mask: Tensor,
+}
+
 /// A BERT-family sentence encoder producing unit-length embeddings.
 pub struct TextEncoder {
     tokenizer: PostTokenizer,
@@ -123,13 +134,30 @@ impl TextEncoder {
 
     /// Pooled, L2-normalised embeddings `[B, H]` of a padded batch.
     pub fn embed_batch(&self, batch: &TokenBatch, mode: ForwardMode) -> Result<Tensor> {
+        Ok(self.encode_batch(batch, mode)?.pooled)
+    }
+
+    /// Token states and pooled embeddings of a padded batch.
+    pub fn encode_batch(&self, batch: &TokenBatch, mode: ForwardMode) -> Result<EncodedTexts> {
         let bert = match mode {
             ForwardMode::Train { .. } => &self.bert,
             ForwardMode::Inference => &self.bert_untracked,
         };
         let hidden = bert.forward(&batch.input_ids, &batch.attention_mask, mode)?;
-        let pooled = self.settings.pooling.pool(&hidden, &batch.attention_mask)?;
-        Ok(l2_normalize(&pooled)?)
+        let pooled = l2_normalize(&self.settings.pooling.pool(&hidden, &batch.attention_mask)?)?;
+        Ok(EncodedTexts {
+            pooled,
+            hidden,
+            mask: batch.attention_mask.clone(),
+        })
+    }
+
+    /// Token states and pooled embeddings of `texts` as one batch, in order.
+    pub fn encode_texts(&self, texts: &[&str], mode: ForwardMode) -> Result<EncodedTexts> {
+        let ids = self.tokenizer.tokenize(texts)?;
+        let refs: Vec<&[u32]> = ids.iter().map(|s| s.as_slice()).collect();
+        let batch = self.tokenizer.batch(&refs, &self.device)?;
+        self.encode_batch(&batch, mode)
     }
 
     /// Embeddings `[N, H]` of `texts` as one batch, in order: the differentiable path used in training.
@@ -248,7 +276,7 @@ fn weight_prefix(names: &[String], model_type: Option<&str>) -> Option<String> {
 }
 
 /// Sets every variable in `vars` from the tensor of the same name in `path`, converting to f32.
-fn fill_vars(vars: &VarMap, path: &Path, device: &Device) -> Result<()> {
+pub(crate) fn fill_vars(vars: &VarMap, path: &Path, device: &Device) -> Result<()> {
     let bad = |reason: String| ModelError::BadWeights {
         path: path.to_path_buf(),
         reason,

@@ -1,0 +1,342 @@
+//! A ContrastGeo model: post encoder, location encoder (shared or separate), location prompts and the TLM
+//! head, with the configuration needed to reload it.
+//!
+//! A checkpoint directory is itself a Hugging Face model directory for the post encoder (`config.json`,
+//! `model.safetensors`, `tokenizer.json`), plus `location_encoder.safetensors` when the encoders are separate,
+//! `head.safetensors`, and `contrastgeo.json` ([`GeoModelConfig`]).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::bert::ForwardMode;
+use super::encoder::{fill_vars, read_config, EncodedTexts, EncoderSettings, TextEncoder};
+use super::error::{ModelError, Result};
+use super::files::ModelFiles;
+use super::fusion::{Fusion, TlmHead};
+use super::prompt::LocationPrompts;
+use crate::data::PostInput;
+use crate::geo::City;
+
+/// Version of the checkpoint layout written by [`GeoModel::save`].
+pub const CHECKPOINT_FORMAT: u32 = 1;
+const CONFIG_FILE: &str = "contrastgeo.json";
+const HEAD_FILE: &str = "head.safetensors";
+const LOCATION_FILE: &str = "location_encoder.safetensors";
+
+/// Everything needed to rebuild a [`GeoModel`] besides its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GeoModelConfig {
+    /// Checkpoint layout version.
+    pub format: u32,
+    /// Identifies these weights; the index refuses vectors made by another model id.
+    pub model_id: String,
+    /// The base checkpoint the encoders started from (directory name).
+    pub base_model: String,
+    /// Tokenization, pooling and batching of both encoders.
+    pub encoder: EncoderSettings,
+    /// Location prompt templates.
+    pub prompts: LocationPrompts,
+    /// Fusion strategy of the TLM head.
+    pub fusion: Fusion,
+    /// What the post encoder reads of a post.
+    pub post_input: PostInput,
+    /// One encoder for posts and locations (true) or two.
+    pub shared_encoders: bool,
+    /// Temperature of the contrastive similarities.
+    pub tau: f64,
+    /// Whether the TLM head was trained (an untrained head is never used to rerank).
+    pub head_trained: bool,
+    /// Free-form record of how the model was trained (config, data hash, timings).
+    pub training: Option<serde_json::Value>,
+}
+
+impl Default for GeoModelConfig {
+    fn default() -> Self {
+        Self {
+            format: CHECKPOINT_FORMAT,
+            model_id: String::new(),
+            base_model: String::new(),
+            encoder: EncoderSettings::default(),
+            prompts: LocationPrompts::default(),
+            fusion: Fusion::default(),
+            post_input: PostInput::default(),
+            shared_encoders: true,
+            tau: 0.03,
+            head_trained: false,
+            training: None,
+        }
+    }
+}
+
+/// Post and location encoders with the matching head.
+pub struct GeoModel {
+    config: GeoModelConfig,
+    files: ModelFiles,
+    post_encoder: TextEncoder,
+    location_encoder: Option<TextEncoder>,
+    head: TlmHead,
+    head_vars: VarMap,
+}
+
+impl GeoModel {
+    /// A fresh model from a base checkpoint (untrained head): for training, or for zero-shot use.
+    pub fn from_base(
+        files: &ModelFiles,
+        mut config: GeoModelConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        config.format = CHECKPOINT_FORMAT;
+        config.head_trained = false;
+        config.base_model = files
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if config.model_id.is_empty() {
+            config.model_id = format!(
+                "base:{}:{}",
+                config.base_model,
+                settings_fingerprint(&config)
+            );
+        }
+        let post_encoder = TextEncoder::load(files, config.encoder.clone(), device)?;
+        let location_encoder = if config.shared_encoders {
+            None
+        } else {
+            Some(TextEncoder::load(files, config.encoder.clone(), device)?)
+        };
+        let head_vars = VarMap::new();
+        let head = TlmHead::new(
+            config.fusion,
+            post_encoder.hidden_size(),
+            VarBuilder::from_varmap(&head_vars, DType::F32, device),
+        )?;
+        Ok(Self {
+            config,
+            files: files.clone(),
+            post_encoder,
+            location_encoder,
+            head,
+            head_vars,
+        })
+    }
+
+    /// Loads a checkpoint directory written by [`GeoModel::save`].
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::BadConfig {
+            path: config_path.clone(),
+            reason: format!(
+                "{e} (is {} a contrastgeo checkpoint? `contrastgeo train` writes one)",
+                dir.display()
+            ),
+        })?;
+        let config: GeoModelConfig =
+            serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
+                path: config_path.clone(),
+                reason: e.to_string(),
+            })?;
+        if config.format != CHECKPOINT_FORMAT {
+            return Err(ModelError::BadConfig {
+                path: config_path,
+                reason: format!(
+                    "checkpoint format {} but this build reads {CHECKPOINT_FORMAT}; retrain",
+                    config.format
+                ),
+            });
+        }
+        let files = ModelFiles::in_dir(dir)?;
+        let bert = read_config(&files.config)?;
+        let post_encoder = TextEncoder::load_with_weights(
+            &bert,
+            &files.tokenizer,
+            &files.weights,
+            config.encoder.clone(),
+            device,
+        )?;
+        let location_encoder = if config.shared_encoders {
+            None
+        } else {
+            Some(TextEncoder::load_with_weights(
+                &bert,
+                &files.tokenizer,
+                &dir.join(LOCATION_FILE),
+                config.encoder.clone(),
+                device,
+            )?)
+        };
+        let head_vars = VarMap::new();
+        let head = TlmHead::new(
+            config.fusion,
+            post_encoder.hidden_size(),
+            VarBuilder::from_varmap(&head_vars, DType::F32, device),
+        )?;
+        fill_vars(&head_vars, &dir.join(HEAD_FILE), device)?;
+        Ok(Self {
+            config,
+            files,
+            post_encoder,
+            location_encoder,
+            head,
+            head_vars,
+        })
+    }
+
+    /// Writes the checkpoint into `dir` (created if needed).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let io = |path: &Path, e: std::io::Error| ModelError::BadWeights {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        for (from, name) in [
+            (&self.files.config, "config.json"),
+            (&self.files.tokenizer, "tokenizer.json"),
+        ] {
+            let to = dir.join(name);
+            if from.canonicalize().ok() != to.canonicalize().ok() {
+                std::fs::copy(from, &to).map_err(|e| io(&to, e))?;
+            }
+        }
+        self.post_encoder
+            .save_weights(&dir.join("model.safetensors"))?;
+        if let Some(location) = &self.location_encoder {
+            location.save_weights(&dir.join(LOCATION_FILE))?;
+        }
+        self.head_vars.save(dir.join(HEAD_FILE))?;
+        let json = serde_json::to_string_pretty(&self.config)
+            .map_err(|e| ModelError::InvalidSetting(e.to_string()))?;
+        std::fs::write(dir.join(CONFIG_FILE), json).map_err(|e| io(&dir.join(CONFIG_FILE), e))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GeoModelConfig {
+        &self.config
+    }
+
+    /// Mutable configuration (the trainer records its settings and marks the head trained).
+    pub fn config_mut(&mut self) -> &mut GeoModelConfig {
+        &mut self.config
+    }
+
+    /// The encoder of posts.
+    pub fn post_encoder(&self) -> &TextEncoder {
+        &self.post_encoder
+    }
+
+    /// The encoder of location prompts (the post encoder when shared).
+    pub fn location_encoder(&self) -> &TextEncoder {
+        self.location_encoder.as_ref().unwrap_or(&self.post_encoder)
+    }
+
+    /// The TLM head.
+    pub fn head(&self) -> &TlmHead {
+        &self.head
+    }
+
+    /// The head's trainable weights.
+    pub fn head_vars(&self) -> &VarMap {
+        &self.head_vars
+    }
+
+    /// Every encoder variable map (one when shared).
+    pub fn encoder_vars(&self) -> Vec<&VarMap> {
+        let mut maps = vec![self.post_encoder.vars()];
+        maps.extend(self.location_encoder.as_ref().map(|e| e.vars()));
+        maps
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.post_encoder.device()
+    }
+
+    /// The model's files of origin (base model or checkpoint).
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+
+    /// Encodes cities as one batch: `pooled` is the mean of the templates' unit vectors `[C, H]`; `hidden` and
+    /// `mask` are the first template's token states (the cross-attention fusion reads them).
+    pub fn encode_cities(&self, cities: &[&City], mode: ForwardMode) -> Result<EncodedTexts> {
+        let prompts = self.config.prompts.render_all(cities);
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let encoded = self.location_encoder().encode_texts(&refs, mode)?;
+        let templates = self.config.prompts.templates().len();
+        if templates == 1 {
+            return Ok(encoded);
+        }
+        let (n, h) = (cities.len(), encoded.pooled.dim(1)?);
+        let pooled = encoded.pooled.reshape((templates, n, h))?.mean(0)?;
+        Ok(EncodedTexts {
+            pooled,
+            hidden: encoded.hidden.narrow(0, 0, n)?,
+            mask: encoded.mask.narrow(0, 0, n)?,
+        })
+    }
+
+    /// Unit prompt vectors of many cities for inference (bucketed, parallel); the template mean when several.
+    pub fn city_vectors(&self, cities: &[&City]) -> Result<Vec<Vec<f32>>> {
+        let prompts = self.config.prompts.render_all(cities);
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let rows = self.location_encoder().embed(&refs)?;
+        let n = cities.len();
+        let templates = self.config.prompts.templates().len();
+        Ok((0..n)
+            .map(|c| {
+                let mut mean = vec![0f32; rows[c].len()];
+                for t in 0..templates {
+                    for (m, x) in mean.iter_mut().zip(&rows[t * n + c]) {
+                        *m += x / templates as f32;
+                    }
+                }
+                mean
+            })
+            .collect())
+    }
+
+    /// Matching logits `[N]` for pairs `(post_rows[i], city_rows[i])` of two encodings.
+    pub fn match_logits(
+        &self,
+        posts: &EncodedTexts,
+        post_rows: &[u32],
+        cities: &EncodedTexts,
+        city_rows: &[u32],
+        mode: ForwardMode,
+    ) -> Result<Tensor> {
+        let device = self.device();
+        let post_rows = Tensor::new(post_rows, device)?;
+        let city_rows = Tensor::new(city_rows, device)?;
+        Ok(self.head.forward(
+            &super::fusion::PairSide {
+                encoded: posts,
+                rows: &post_rows,
+            },
+            &super::fusion::PairSide {
+                encoded: cities,
+                rows: &city_rows,
+            },
+            mode,
+        )?)
+    }
+}
+
+/// A short stable fingerprint of the settings that change embeddings.
+fn settings_fingerprint(config: &GeoModelConfig) -> String {
+    let key = serde_json::json!([
+        config.encoder.max_length,
+        config.encoder.pooling,
+        config.prompts,
+        config.post_input
+    ]);
+    format!("{:08x}", crc32fast::hash(key.to_string().as_bytes()))
+}
+
+/// Where checkpoints are written by default.
+pub fn default_checkpoint_dir() -> PathBuf {
+    PathBuf::from("checkpoints").join("latest")
+}
