@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod data;
+pub mod engine;
+pub mod eval;
 pub mod geo;
 pub mod model;
 pub mod train;

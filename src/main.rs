@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use contrastgeo::cli::{embed, train, Cli, Command};
+use contrastgeo::cli::{embed, eval, train, Cli, Command};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -16,7 +16,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Index(args) => contrastgeo::cli::index::run(args),
+        Command::Locate(args) => contrastgeo::cli::locate::run(args),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match outcome {
         Ok(0) => ExitCode::SUCCESS,

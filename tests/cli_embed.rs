@@ -1,24 +1,12 @@
 //! The real `contrastgeo embed` binary on good and bad input.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
 
 fn run_embed(input: &[u8], extra: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_contrastgeo"))
-        .arg("embed")
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn contrastgeo");
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args: Vec<&str> = std::iter::once("embed")
+        .chain(extra.iter().copied())
+        .collect();
+    common::run_contrastgeo(&args, input)
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::input::{InputFormat, InputLine, PostReader};
+use super::input::{keep_posts, InputFormat, PostReader};
 use super::progress::{bulk_progress, rate_message};
 use super::{open_output, ModelArgs};
 
@@ -53,19 +53,8 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<usize> {
         if chunk.is_empty() {
             break;
         }
-        let (good, bad): (Vec<InputLine>, Vec<InputLine>) = chunk
-            .into_iter()
-            .partition(|l| l.text.as_ref().is_ok_and(|t| !t.trim().is_empty()));
-        for line in &bad {
-            let why = line
-                .text
-                .as_ref()
-                .err()
-                .map(String::as_str)
-                .unwrap_or("empty text");
-            bar.suspend(|| eprintln!("line {}: {why}; skipped", line.line));
-        }
-        rejected += bad.len();
+        let (good, bad) = keep_posts(chunk, &bar);
+        rejected += bad;
         let texts: Vec<&str> = good.iter().filter_map(|l| l.text.as_deref().ok()).collect();
         let embeddings = encoder.embed(&texts)?;
         for (line, embedding) in good.iter().zip(embeddings) {

@@ -137,6 +137,28 @@ fn parse_line(line: usize, raw: &[u8], format: InputFormat) -> InputLine {
     }
 }
 
+/// Splits read lines into those holding a post to process and the rest. Each rejected line (unreadable, or
+/// with empty text) is reported on stderr as `line N: why; skipped`, above the progress `bar`. Returns the
+/// posts and how many lines were rejected.
+pub fn keep_posts(
+    lines: impl IntoIterator<Item = InputLine>,
+    bar: &indicatif::ProgressBar,
+) -> (Vec<InputLine>, usize) {
+    let (good, bad): (Vec<InputLine>, Vec<InputLine>) = lines
+        .into_iter()
+        .partition(|l| l.text.as_ref().is_ok_and(|t| !t.trim().is_empty()));
+    for line in &bad {
+        let why = line
+            .text
+            .as_ref()
+            .err()
+            .map(String::as_str)
+            .unwrap_or("empty text");
+        bar.suspend(|| eprintln!("line {}: {why}; skipped", line.line));
+    }
+    (good, bad.len())
+}
+
 /// Reads everything from `reader` as lines (used by tests and small tools).
 pub fn read_all(
     reader: impl Read + Send + 'static,

@@ -1,7 +1,10 @@
 //! The `contrastgeo` command line: thin clap commands over the library.
 
 pub mod embed;
+pub mod eval;
+pub mod index;
 pub mod input;
+pub mod locate;
 pub mod progress;
 pub mod train;
 
@@ -26,8 +29,14 @@ pub struct Cli {
 pub enum Command {
     /// Embed posts with the text encoder and write JSONL vectors.
     Embed(embed::EmbedArgs),
+    /// Build or manage a vector index (store) of city prompts and support posts.
+    Index(index::IndexArgs),
+    /// Predict the city each post was written in, from an index.
+    Locate(locate::LocateArgs),
     /// Train a ContrastGeo checkpoint from a few labelled posts per city.
     Train(train::TrainArgs),
+    /// Run the K-shot benchmark protocol (train per K and seed, evaluate every rule).
+    Eval(eval::EvalArgs),
 }
 
 /// Options shared by every command that loads the encoder.

@@ -106,6 +106,7 @@ pub struct TlmHead {
     cross: Option<CrossAttention>,
     hidden_layer: Dense,
     logit_layer: Dense,
+    hidden_width: usize,
 }
 
 impl TlmHead {
@@ -124,6 +125,7 @@ impl TlmHead {
             cross,
             hidden_layer: Dense::new(input_width, hidden, vb.pp("fuse"))?,
             logit_layer: Dense::new(hidden, 1, vb.pp("logit"))?,
+            hidden_width: hidden,
         })
     }
 
@@ -139,8 +141,12 @@ impl TlmHead {
         city: &PairSide,
         mode: ForwardMode,
     ) -> candle_core::Result<Tensor> {
-        let t = post.pooled()?;
-        let l = city.pooled()?;
+        // Unit vectors have per-dimension values around 1/sqrt(H); rescaled to unit variance, the fusion MLP
+        // starts in the range its initialisation expects instead of needing weights ~sqrt(H) times larger
+        // (without this, TLM stayed at its prior loss for the whole few-shot run).
+        let scale = (self.hidden_width as f64).sqrt();
+        let t = (post.pooled()? * scale)?;
+        let l = (city.pooled()? * scale)?;
         let fused = match (&self.cross, self.fusion) {
             (_, Fusion::Sum) => (&t + &l)?,
             (_, Fusion::Concat) => Tensor::cat(&[&t, &l, &(&t - &l)?.abs()?, &(&t * &l)?], 1)?,

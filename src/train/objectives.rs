@@ -145,7 +145,7 @@ mod tests {
         let row = vec![0.9f32, 0.1, 0.8, 0.95, 0.2];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let top = sample_hard_negatives(
-            &[row.clone()],
+            std::slice::from_ref(&row),
             &[3],
             2,
             0.03,
@@ -156,7 +156,7 @@ mod tests {
         let mut hits = 0;
         for _ in 0..200 {
             let drawn = sample_hard_negatives(
-                &[row.clone()],
+                std::slice::from_ref(&row),
                 &[3],
                 1,
                 0.03,

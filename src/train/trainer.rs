@@ -76,11 +76,11 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            epochs: 4,
+            epochs: 3,
             min_steps: 40,
-            batch_size: 16,
-            lr: 3e-5,
-            head_lr: 5e-4,
+            batch_size: 32,
+            lr: 1e-4,
+            head_lr: 3e-3,
             warmup_ratio: 0.1,
             weight_decay: 0.01,
             use_tlc: true,
@@ -114,7 +114,7 @@ pub struct StepReport {
 }
 
 /// Summary of a training run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct TrainReport {
     /// Optimiser steps taken.
     pub steps: usize,

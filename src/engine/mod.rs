@@ -1,0 +1,328 @@
+//! The query path: the one place that knows both the model and the index.
+//!
+//! ```text
+//! texts --post encoder--> unit vectors --HNSW--> n nearest prompt/support vectors (tagged with their city)
+//!       --aggregate per city--> top-k shortlist --TLM rerank (trained head only)--> ranked answers
+//! ```
+//!
+//! - [`retrieve`]: the HNSW neighbours propose cities; each city is then scored exactly against its own
+//!   vectors: `prompt_weight * prompt similarity + (1 - prompt_weight) * best support similarity`, or the
+//!   prompt similarity alone for a city without support posts (the zero-shot gazetteer).
+//! - [`rerank`]: when the model's TLM head was trained, the final score of a shortlisted city is the head's
+//!   logit plus the retrieval score divided by the contrastive temperature `tau`; otherwise it is the
+//!   retrieval score divided by `tau`, which keeps the retrieval order. Probabilities are the softmax of the
+//!   final scores over the shortlist.
+//! - [`build`]: writes a complete store (cities, support posts, their vectors, the graph dump) for a model.
+//! - [`snapshot`]: one immutable generation (model + index + city cache). The [`Engine`] holds it behind an
+//!   `Arc` and swaps it atomically on reload; running queries finish on the generation they started with.
+
+pub mod answer;
+pub mod build;
+pub mod error;
+pub mod rerank;
+pub mod retrieve;
+pub mod snapshot;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use contrastgeo_index::{IndexOptions, SupportPost};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use answer::{Answer, Candidate, Evidence};
+pub use build::{build_index, BuildProgress, BuildReport, BuildStage};
+pub use error::{EngineError, Result};
+pub use snapshot::{CityCache, CityEntry, Snapshot};
+
+use crate::geo::City;
+use crate::model::files::HOME_ENV;
+use crate::model::pooling::to_rows;
+use crate::model::tokenize::length_buckets;
+use crate::model::{ForwardMode, GeoModel, ModelError};
+use retrieve::CityScore;
+
+/// Settings of the query path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// Nearest stored vectors fetched from HNSW per post; their cities are the candidates.
+    pub neighbours: usize,
+    /// Cities in an answer's shortlist (and reranked by the TLM head).
+    pub top_k: usize,
+    /// Weight of the prompt similarity against the best support similarity, in `[0, 1]`.
+    pub prompt_weight: f32,
+    /// HNSW search list size (`ef`); raised to `neighbours` when smaller.
+    pub ef_search: usize,
+    /// Most (post, city) pairs per TLM head pass; also sets how many posts share one rerank group.
+    pub rerank_batch: usize,
+    /// Support posts of the answered city returned as evidence.
+    pub evidence: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            neighbours: 64,
+            top_k: 10,
+            prompt_weight: 0.9,
+            ef_search: 128,
+            rerank_batch: 320,
+            evidence: 3,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks every value's range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(EngineError::InvalidConfig(what));
+        if self.neighbours == 0 || self.top_k == 0 || self.rerank_batch == 0 {
+            return bad(format!(
+                "neighbours ({}), top_k ({}) and rerank_batch ({}) must be at least 1",
+                self.neighbours, self.top_k, self.rerank_batch
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.prompt_weight) {
+            return bad(format!(
+                "prompt_weight must be within [0, 1], got {}",
+                self.prompt_weight
+            ));
+        }
+        Ok(())
+    }
+
+    /// The HNSW parameters for stores built and opened with this configuration.
+    pub fn index_options(&self) -> IndexOptions {
+        IndexOptions {
+            ef_search: self.ef_search.max(self.neighbours),
+            ..IndexOptions::default()
+        }
+    }
+}
+
+/// Where the default store lives: `$CONTRASTGEO_HOME/index/default`, else `index/default` in the source
+/// checkout this binary was built from (like the default model).
+pub fn default_store_dir() -> PathBuf {
+    match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join("index").join("default"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("index")
+            .join("default"),
+    }
+}
+
+/// Answers "where was this written?" from the current [`Snapshot`].
+pub struct Engine {
+    config: EngineConfig,
+    snapshot: RwLock<Arc<Snapshot>>,
+}
+
+impl Engine {
+    /// Opens the store in `dir` for queries by `model` (see [`Snapshot::open`] for what is refused).
+    pub fn open(dir: &Path, model: Arc<GeoModel>, config: EngineConfig) -> Result<Self> {
+        config.validate()?;
+        let snapshot = Snapshot::open(dir, model, config.index_options())?;
+        Ok(Self::with_snapshot(snapshot, config))
+    }
+
+    /// An engine over an opened snapshot.
+    pub fn with_snapshot(snapshot: Snapshot, config: EngineConfig) -> Self {
+        Self {
+            config,
+            snapshot: RwLock::new(Arc::new(snapshot)),
+        }
+    }
+
+    /// Builds a complete store for `model` in `dir`; see [`build::build_index`].
+    pub fn build_index(
+        dir: &Path,
+        model: &GeoModel,
+        cities: &[City],
+        support: &[SupportPost],
+        config: &EngineConfig,
+        progress: &dyn Fn(BuildProgress),
+    ) -> Result<BuildReport> {
+        build_index(
+            dir,
+            model,
+            cities,
+            support,
+            config.index_options(),
+            progress,
+        )
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The current generation.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes `snapshot` the generation new queries use and returns the previous one (queries already
+    /// running finish on it; it closes when the last of them drops it).
+    pub fn swap(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        let mut current = self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *current, Arc::new(snapshot))
+    }
+
+    /// Where each of `texts` was most likely written, in input order. Empty texts are refused
+    /// ([`ModelError::EmptyText`] names the first).
+    pub fn locate(&self, texts: &[&str]) -> Result<Vec<Answer>> {
+        if let Some(index) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(ModelError::EmptyText { index }.into());
+        }
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let snapshot = self.snapshot();
+        if snapshot.model().config().head_trained {
+            self.locate_reranked(&snapshot, texts)
+        } else {
+            self.locate_retrieved(&snapshot, texts)
+        }
+    }
+
+    /// Retrieval only: the shortlist in retrieval order.
+    fn locate_retrieved(&self, snapshot: &Snapshot, texts: &[&str]) -> Result<Vec<Answer>> {
+        let queries = snapshot.model().post_encoder().embed(texts)?;
+        let tau = snapshot.model().config().tau as f32;
+        queries
+            .par_iter()
+            .enumerate()
+            .map(|(index, query)| {
+                let shortlist = self.shortlist(snapshot, query)?;
+                let candidates = candidates(snapshot, &shortlist, |scored, _| {
+                    (scored.retrieval / tau, None)
+                });
+                self.answer(snapshot, index, query, candidates)
+            })
+            .collect()
+    }
+
+    /// Retrieval, then the TLM head over each shortlist. Posts go in groups of similar length, each encoded
+    /// once for both retrieval and the head; groups run in parallel.
+    fn locate_reranked(&self, snapshot: &Snapshot, texts: &[&str]) -> Result<Vec<Answer>> {
+        let model = snapshot.model();
+        let encoder = model.post_encoder();
+        let tau = model.config().tau as f32;
+        let tokenized = encoder.tokenizer().tokenize(texts)?;
+        let lengths: Vec<usize> = tokenized.iter().map(Vec::len).collect();
+        let posts_per_group = (self.config.rerank_batch / self.config.top_k).max(1);
+        let groups = length_buckets(
+            &lengths,
+            posts_per_group,
+            encoder.settings().max_batch_tokens,
+        );
+        let answered: Vec<(Vec<usize>, Vec<Answer>)> = groups
+            .into_par_iter()
+            .map(|group| {
+                let ids: Vec<&[u32]> = group.iter().map(|&i| tokenized[i].as_slice()).collect();
+                let batch = encoder.tokenizer().batch(&ids, encoder.device())?;
+                let encoded = encoder.encode_batch(&batch, ForwardMode::Inference)?;
+                let queries = to_rows(&encoded.pooled).map_err(ModelError::from)?;
+                let shortlists = queries
+                    .iter()
+                    .map(|query| self.shortlist(snapshot, query))
+                    .collect::<Result<Vec<_>>>()?;
+                let logits = rerank::tlm_logits(
+                    model,
+                    &encoded,
+                    &shortlists,
+                    snapshot.cities(),
+                    self.config.rerank_batch,
+                )?;
+                let answers = group
+                    .iter()
+                    .zip(&queries)
+                    .zip(shortlists.iter().zip(&logits))
+                    .map(|((&index, query), (shortlist, logits))| {
+                        let candidates = candidates(snapshot, shortlist, |scored, position| {
+                            let logit = logits[position];
+                            (logit + scored.retrieval / tau, Some(logit))
+                        });
+                        self.answer(snapshot, index, query, candidates)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((group, answers))
+            })
+            .collect::<Result<_>>()?;
+        let mut ordered: Vec<Option<Answer>> = vec![None; texts.len()];
+        for (group, answers) in answered {
+            for (index, answer) in group.into_iter().zip(answers) {
+                ordered[index] = Some(answer);
+            }
+        }
+        ordered
+            .into_iter()
+            .enumerate()
+            .map(|(index, answer)| answer.ok_or(EngineError::NoCandidates { index }))
+            .collect()
+    }
+
+    fn shortlist(&self, snapshot: &Snapshot, query: &[f32]) -> Result<Vec<CityScore>> {
+        retrieve::retrieve(
+            snapshot.index(),
+            snapshot.cities(),
+            query,
+            self.config.neighbours,
+            self.config.prompt_weight,
+            self.config.top_k,
+        )
+    }
+
+    /// Ranks the candidates and attaches the answered city's best support posts.
+    fn answer(
+        &self,
+        snapshot: &Snapshot,
+        index: usize,
+        query: &[f32],
+        mut candidates: Vec<Candidate>,
+    ) -> Result<Answer> {
+        answer::rank(&mut candidates);
+        let mut evidence = Vec::new();
+        if let Some(entry) = candidates
+            .first()
+            .and_then(|best| snapshot.cities().get(best.city_id))
+        {
+            for (post_id, similarity) in retrieve::best_supports(query, entry, self.config.evidence)
+            {
+                if let Some(post) = snapshot.index().store().support_post(post_id)? {
+                    evidence.push(Evidence {
+                        post_id,
+                        text: post.text,
+                        source: post.source,
+                        similarity,
+                    });
+                }
+            }
+        }
+        Answer::from_ranked(candidates, evidence).ok_or(EngineError::NoCandidates { index })
+    }
+}
+
+/// Candidates for a shortlist; `score(scored, position)` gives each its final score and TLM logit.
+fn candidates(
+    snapshot: &Snapshot,
+    shortlist: &[CityScore],
+    score: impl Fn(&CityScore, usize) -> (f32, Option<f32>),
+) -> Vec<Candidate> {
+    shortlist
+        .iter()
+        .enumerate()
+        .filter_map(|(position, scored)| {
+            let entry = snapshot.cities().get(scored.city)?;
+            let (final_score, logit) = score(scored, position);
+            let mut candidate = Candidate::new(&entry.city, final_score, scored);
+            candidate.tlm_logit = logit;
+            Some(candidate)
+        })
+        .collect()
+}

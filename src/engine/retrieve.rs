@@ -1,0 +1,161 @@
+//! Retrieval and per-city aggregation: a post's nearest stored vectors propose candidate cities, and each
+//! candidate is scored exactly against all of its own vectors.
+//!
+//! A city's retrieval score is `w * p + (1 - w) * s`, where `p` is the cosine similarity of the post to the
+//! city's location prompt, `s` the highest cosine similarity to one of the city's support posts, and `w` the
+//! engine's `prompt_weight`. A city with no support posts (the zero-shot case, e.g. most of the gazetteer)
+//! is scored by `p` alone, and a city with supports but no prompt by `s` alone. Scores of cities with and
+//! without supports are therefore on the same cosine scale, but not equally informed: a city with supports
+//! gains when its posts resemble the query and loses when they do not.
+
+use contrastgeo_index::{dot, Neighbour, PostId, VectorIndex};
+
+use super::error::Result;
+use super::snapshot::{CityCache, CityEntry};
+use crate::geo::CityId;
+
+/// A candidate city's retrieval scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CityScore {
+    /// The city.
+    pub city: CityId,
+    /// Cosine similarity to the city's prompt, when it has one.
+    pub prompt_similarity: Option<f32>,
+    /// Highest cosine similarity to one of the city's support posts, when it has any.
+    pub support_similarity: Option<f32>,
+    /// The combined score (see the module documentation).
+    pub retrieval: f32,
+}
+
+/// `w * prompt + (1 - w) * support`, or whichever of the two exists; `None` when neither does.
+pub fn combine(prompt: Option<f32>, support: Option<f32>, prompt_weight: f32) -> Option<f32> {
+    match (prompt, support) {
+        (Some(p), Some(s)) => Some(prompt_weight * p + (1.0 - prompt_weight) * s),
+        (Some(p), None) => Some(p),
+        (None, Some(s)) => Some(s),
+        (None, None) => None,
+    }
+}
+
+/// Scores one city against a unit query vector.
+pub fn score_city(query: &[f32], entry: &CityEntry, prompt_weight: f32) -> Option<CityScore> {
+    let prompt_similarity = entry.prompt.as_deref().map(|p| dot(query, p));
+    let support_similarity = entry
+        .supports
+        .iter()
+        .map(|s| dot(query, &s.vector))
+        .max_by(f32::total_cmp);
+    Some(CityScore {
+        city: entry.city.id,
+        prompt_similarity,
+        support_similarity,
+        retrieval: combine(prompt_similarity, support_similarity, prompt_weight)?,
+    })
+}
+
+/// The `top_k` best cities among those the `neighbours` belong to, best first (ties by city id).
+pub fn shortlist(
+    query: &[f32],
+    neighbours: &[Neighbour],
+    cities: &CityCache,
+    prompt_weight: f32,
+    top_k: usize,
+) -> Vec<CityScore> {
+    let mut seen = std::collections::HashSet::new();
+    let mut scored: Vec<CityScore> = neighbours
+        .iter()
+        .filter(|n| seen.insert(n.meta.city))
+        .filter_map(|n| cities.get(n.meta.city))
+        .filter_map(|entry| score_city(query, entry, prompt_weight))
+        .collect();
+    scored.sort_by(|a, b| {
+        b.retrieval
+            .total_cmp(&a.retrieval)
+            .then(a.city.cmp(&b.city))
+    });
+    scored.truncate(top_k);
+    scored
+}
+
+/// Searches the index for the `neighbours` nearest vectors to `query` and shortlists their cities.
+pub fn retrieve(
+    index: &VectorIndex,
+    cities: &CityCache,
+    query: &[f32],
+    neighbours: usize,
+    prompt_weight: f32,
+    top_k: usize,
+) -> Result<Vec<CityScore>> {
+    let found = index.search(query, neighbours)?;
+    Ok(shortlist(query, &found, cities, prompt_weight, top_k))
+}
+
+/// The `count` support posts of `entry` most similar to `query`: `(post id, similarity)`, best first.
+pub fn best_supports(query: &[f32], entry: &CityEntry, count: usize) -> Vec<(PostId, f32)> {
+    let mut scored: Vec<(PostId, f32)> = entry
+        .supports
+        .iter()
+        .map(|s| (s.post, dot(query, &s.vector)))
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored.truncate(count);
+    scored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::snapshot::SupportVector;
+    use crate::geo::City;
+
+    fn entry(id: CityId, prompt: Option<Vec<f32>>, supports: Vec<Vec<f32>>) -> CityEntry {
+        CityEntry {
+            city: City {
+                id,
+                name: format!("city {id}"),
+                admin1: None,
+                country: "X".into(),
+                country_code: "XX".into(),
+                lat: 0.0,
+                lon: 0.0,
+                population: 0,
+                alternate_names: vec![],
+            },
+            prompt,
+            supports: supports
+                .into_iter()
+                .enumerate()
+                .map(|(i, vector)| SupportVector {
+                    post: 100 * id + i as u64,
+                    vector,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn combine_weights_prompt_and_support_and_falls_back_to_either() {
+        let both = combine(Some(0.4), Some(0.8), 0.5).unwrap();
+        assert!((both - 0.6).abs() < 1e-6, "{both}");
+        assert_eq!(combine(Some(0.4), Some(0.8), 1.0), Some(0.4));
+        assert_eq!(combine(Some(0.4), None, 0.5), Some(0.4));
+        assert_eq!(combine(None, Some(0.8), 0.5), Some(0.8));
+        assert_eq!(combine(None, None, 0.5), None);
+    }
+
+    #[test]
+    fn a_city_is_scored_by_its_best_support_and_its_prompt() {
+        let query = [1.0, 0.0];
+        let city = entry(
+            1,
+            Some(vec![0.0, 1.0]),
+            vec![vec![0.6, 0.8], vec![1.0, 0.0]],
+        );
+        let score = score_city(&query, &city, 0.25).unwrap();
+        assert_eq!(score.prompt_similarity, Some(0.0));
+        assert_eq!(score.support_similarity, Some(1.0));
+        assert!((score.retrieval - 0.75).abs() < 1e-6);
+        assert_eq!(best_supports(&query, &city, 1), vec![(101, 1.0)]);
+        assert!(score_city(&query, &entry(2, None, vec![]), 0.5).is_none());
+    }
+}

@@ -1,0 +1,195 @@
+//! One generation of what queries read: the model, the vector index it filled, and an in-memory cache of the
+//! index's cities with their prompt and support vectors.
+//!
+//! A snapshot is immutable once opened. The engine holds it behind an `Arc` and swaps in a new one on reload;
+//! queries that started on the old generation finish on it.
+//!
+//! The cache holds every stored vector grouped by city (the same memory as the graph's own copy: about 52 MB
+//! for the 34k prompts of the whole gazetteer). It lets the engine score a candidate city exactly, against
+//! all of its vectors, whichever of them HNSW happened to return: the graph only proposes candidates.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use contrastgeo_index::{IndexOptions, IndexStatus, PostId, Store, VectorIndex, VectorKind};
+
+use super::error::{EngineError, Result};
+use crate::geo::{City, CityId};
+use crate::model::GeoModel;
+
+/// The sled database inside a store directory (see `contrastgeo_index::Store::open`).
+const RECORDS_DIR: &str = "records.sled";
+
+/// A support post's stored vector.
+#[derive(Debug, Clone)]
+pub struct SupportVector {
+    /// The support post's id in the store.
+    pub post: PostId,
+    /// Its unit embedding.
+    pub vector: Vec<f32>,
+}
+
+/// A stored city with its vectors.
+#[derive(Debug, Clone)]
+pub struct CityEntry {
+    /// The city record.
+    pub city: City,
+    /// Unit embedding of its location prompt, when one is stored.
+    pub prompt: Option<Vec<f32>>,
+    /// Unit embeddings of its support posts.
+    pub supports: Vec<SupportVector>,
+}
+
+/// Every stored city with its vectors, by id.
+#[derive(Debug, Clone, Default)]
+pub struct CityCache {
+    entries: HashMap<CityId, CityEntry>,
+}
+
+impl CityCache {
+    /// Reads the cities and vectors of `store`. Vectors of a city with no city record are skipped (counted
+    /// in a warning): they can be found by HNSW but never answered.
+    pub fn load(store: &Store) -> Result<Self> {
+        let mut entries: HashMap<CityId, CityEntry> = store
+            .cities()?
+            .into_iter()
+            .map(|city| {
+                let entry = CityEntry {
+                    city: city.clone(),
+                    prompt: None,
+                    supports: Vec::new(),
+                };
+                (city.id, entry)
+            })
+            .collect();
+        let mut orphans = 0usize;
+        for record in store.vectors_after(0) {
+            let record = record?;
+            let Some(entry) = entries.get_mut(&record.meta.city) else {
+                orphans += 1;
+                continue;
+            };
+            match (record.meta.kind, record.meta.post) {
+                (VectorKind::Prompt, _) => entry.prompt = Some(record.vector),
+                (VectorKind::Support, Some(post)) => entry.supports.push(SupportVector {
+                    post,
+                    vector: record.vector,
+                }),
+                (VectorKind::Support, None) => orphans += 1,
+            }
+        }
+        if orphans > 0 {
+            tracing::warn!(
+                orphans,
+                "vectors without a stored city (or support post) are ignored"
+            );
+        }
+        Ok(Self { entries })
+    }
+
+    /// The city with this id and its vectors.
+    pub fn get(&self, id: CityId) -> Option<&CityEntry> {
+        self.entries.get(&id)
+    }
+
+    /// Number of cities.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no city is stored.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of support vectors over all cities.
+    pub fn support_count(&self) -> usize {
+        self.entries.values().map(|e| e.supports.len()).sum()
+    }
+}
+
+/// The model, the index built with it, and the city cache: one immutable generation of the query path.
+pub struct Snapshot {
+    dir: PathBuf,
+    model: Arc<GeoModel>,
+    index: VectorIndex,
+    cities: CityCache,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("dir", &self.dir)
+            .field("model", &self.model.config().model_id)
+            .field("index", &self.index)
+            .field("cities", &self.cities.len())
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Whether `dir` holds a store (it may still be empty or built by another model).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(RECORDS_DIR).is_dir()
+    }
+
+    /// Opens the store in `dir` for queries by `model`. Refuses a missing or empty store, and a store filled
+    /// by another model ([`EngineError::ModelMismatch`]): its vectors cannot be compared with this model's.
+    pub fn open(dir: &Path, model: Arc<GeoModel>, options: IndexOptions) -> Result<Self> {
+        if !Self::exists(dir) {
+            return Err(EngineError::NoStore {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let model_id = model.config().model_id.clone();
+        let index = VectorIndex::open(dir, &model_id, options)?;
+        if let IndexStatus::ModelMismatch { store, .. } = index.status() {
+            return Err(EngineError::ModelMismatch {
+                dir: dir.to_path_buf(),
+                store,
+                model: model_id,
+            });
+        }
+        if index.is_empty() {
+            return Err(EngineError::EmptyStore {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let cities = CityCache::load(index.store())?;
+        tracing::info!(
+            store = %dir.display(),
+            model = %model_id,
+            cities = cities.len(),
+            supports = cities.support_count(),
+            status = ?index.status(),
+            "opened index"
+        );
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            model,
+            index,
+            cities,
+        })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The model that encodes queries (and encoded the index).
+    pub fn model(&self) -> &GeoModel {
+        &self.model
+    }
+
+    /// The vector index.
+    pub fn index(&self) -> &VectorIndex {
+        &self.index
+    }
+
+    /// The cities with their vectors.
+    pub fn cities(&self) -> &CityCache {
+        &self.cities
+    }
+}

@@ -1,0 +1,461 @@
+//! The query path end to end: a real model, a real sled + HNSW store in a temporary directory, the 60
+//! benchmark cities and a few of their support posts (read from `../shared/data`, never copied).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use contrastgeo::data::{read_labelled_posts, split::Split, LabelledPost};
+use contrastgeo::engine::{Engine, EngineConfig, EngineError, Snapshot};
+use contrastgeo::geo::{City, CityTable};
+use contrastgeo::model::{GeoModel, GeoModelConfig};
+use contrastgeo_index::{SupportPost, VectorIndex, VectorKind, VectorMeta};
+
+/// The base model (zero-shot, untrained head) on the CPU, shared by the tests.
+fn model() -> Arc<GeoModel> {
+    static MODEL: OnceLock<Arc<GeoModel>> = OnceLock::new();
+    Arc::clone(MODEL.get_or_init(|| {
+        Arc::new(
+            GeoModel::from_base(
+                &common::model_files(),
+                GeoModelConfig::default(),
+                &candle_core::Device::Cpu,
+            )
+            .expect("load the base model"),
+        )
+    }))
+}
+
+fn cities() -> &'static CityTable {
+    static CITIES: OnceLock<CityTable> = OnceLock::new();
+    CITIES.get_or_init(|| {
+        CityTable::read_jsonl(&common::shared_data().join("cities.jsonl")).expect("cities.jsonl")
+    })
+}
+
+fn benchmark_posts() -> &'static Vec<LabelledPost> {
+    static POSTS: OnceLock<Vec<LabelledPost>> = OnceLock::new();
+    POSTS.get_or_init(|| {
+        read_labelled_posts(&common::shared_data().join("posts.jsonl"))
+            .expect("posts.jsonl")
+            .posts
+    })
+}
+
+/// The first two support posts (by the benchmark split) of every city.
+fn support_posts() -> Vec<SupportPost> {
+    let split = Split::read(&common::shared_data().join("split.json")).expect("split.json");
+    let by_id: HashMap<&str, &LabelledPost> = benchmark_posts()
+        .iter()
+        .filter_map(|p| p.id.as_deref().map(|id| (id, p)))
+        .collect();
+    let mut support = Vec::new();
+    for (city, city_split) in &split.cities {
+        support.extend(
+            city_split
+                .support
+                .iter()
+                .filter_map(|id| by_id.get(id.as_str()))
+                .take(2)
+                .map(|post| SupportPost {
+                    text: post.text.clone(),
+                    city: *city,
+                    source: "posts.jsonl".into(),
+                }),
+        );
+    }
+    support
+}
+
+fn build(dir: &Path, model: &GeoModel, cities: &[City], support: &[SupportPost]) -> f64 {
+    let started = Instant::now();
+    Engine::build_index(
+        dir,
+        model,
+        cities,
+        support,
+        &EngineConfig::default(),
+        &|_| {},
+    )
+    .expect("build the index");
+    started.elapsed().as_secs_f64()
+}
+
+const QUERIES: [&str; 4] = [
+    "Just landed in Des Moines, Iowa",
+    "Walking along the river in Little Rock tonight",
+    "Go Huskers! Memorial Stadium in Lincoln is loud",
+    "Can't believe the traffic on I-35 this morning",
+];
+
+#[test]
+fn build_then_locate_names_the_city_with_a_shortlist_and_reopens_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let support = support_posts();
+    let seconds = build(&store, &model(), cities().cities(), &support);
+    eprintln!(
+        "built {} cities + {} support posts in {seconds:.2}s",
+        cities().len(),
+        support.len()
+    );
+
+    let engine = Engine::open(&store, model(), EngineConfig::default()).unwrap();
+    let answers = engine.locate(&QUERIES).unwrap();
+    assert_eq!(answers.len(), QUERIES.len());
+    assert_eq!(answers[0].name, "Des Moines", "{:?}", answers[0].top_k);
+    assert_eq!(answers[1].name, "Little Rock", "{:?}", answers[1].top_k);
+    // Zero-shot prompts with two random supports per city: a city's name is a strong cue, not a sure one.
+    assert!(
+        answers[2].top_k[..3].iter().any(|c| c.name == "Lincoln"),
+        "{:?}",
+        answers[2].top_k
+    );
+    for answer in &answers {
+        assert_eq!(answer.top_k.len(), 10);
+        assert_eq!(answer.top_k[0].city_id, answer.city_id);
+        assert_eq!(answer.probability, answer.top_k[0].probability);
+        let total: f32 = answer.top_k.iter().map(|c| c.probability).sum();
+        assert!((total - 1.0).abs() < 1e-4, "probabilities sum to {total}");
+        assert!(answer.top_k.windows(2).all(|w| w[0].score >= w[1].score));
+        let ids: HashSet<u64> = answer.top_k.iter().map(|c| c.city_id).collect();
+        assert_eq!(ids.len(), 10, "a city appears twice in the shortlist");
+        for candidate in &answer.top_k {
+            // Every benchmark city has prompts and supports: the weighted mean is used.
+            let (p, s) = (
+                candidate.prompt_similarity.unwrap(),
+                candidate.support_similarity.unwrap(),
+            );
+            let w = EngineConfig::default().prompt_weight;
+            assert!((candidate.retrieval_score - (w * p + (1.0 - w) * s)).abs() < 1e-5);
+            assert!(candidate.tlm_logit.is_none(), "the base head is untrained");
+        }
+        assert!(!answer.evidence.is_empty() && answer.evidence.len() <= 3);
+        assert!(answer
+            .evidence
+            .windows(2)
+            .all(|w| w[0].similarity >= w[1].similarity));
+    }
+
+    // A support post as query finds itself as the best evidence of its own city.
+    let probe = &support[7];
+    let answer = &engine.locate(&[probe.text.as_str()]).unwrap()[0];
+    assert_eq!(answer.city_id, probe.city);
+    assert_eq!(answer.evidence[0].text, probe.text);
+    assert!(answer.evidence[0].similarity > 0.999);
+
+    // Closing and reopening the store gives the same answers.
+    drop(engine);
+    let reopened = Engine::open(&store, model(), EngineConfig::default()).unwrap();
+    assert_eq!(reopened.locate(&QUERIES).unwrap(), answers);
+
+    // A snapshot swap changes what new queries see; the old generation stays usable.
+    let other = tmp.path().join("no-des-moines");
+    let fewer: Vec<City> = cities()
+        .cities()
+        .iter()
+        .filter(|c| c.name != "Des Moines")
+        .cloned()
+        .collect();
+    build(&other, &model(), &fewer, &[]);
+    let old = reopened
+        .swap(Snapshot::open(&other, model(), EngineConfig::default().index_options()).unwrap());
+    let swapped = reopened.locate(&QUERIES[..1]).unwrap();
+    assert_ne!(swapped[0].name, "Des Moines");
+    assert!(
+        swapped[0].evidence.is_empty(),
+        "the new store has no supports"
+    );
+    assert_eq!(old.dir(), store.as_path());
+}
+
+#[test]
+fn a_store_of_another_model_or_no_store_is_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    build(&store, &model(), &cities().cities()[..5], &[]);
+    let other = GeoModel::from_base(
+        &common::model_files(),
+        GeoModelConfig {
+            model_id: "some-other-model".into(),
+            ..Default::default()
+        },
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let err = Engine::open(&store, Arc::new(other), EngineConfig::default())
+        .err()
+        .expect("a model mismatch must be refused");
+    assert!(matches!(err, EngineError::ModelMismatch { .. }), "{err:?}");
+    let message = err.to_string();
+    for needle in [
+        "some-other-model",
+        model().config().model_id.as_str(),
+        "contrastgeo index build",
+    ] {
+        assert!(message.contains(needle), "{message}");
+    }
+
+    let missing = Engine::open(
+        &tmp.path().join("nothing"),
+        model(),
+        EngineConfig::default(),
+    )
+    .err()
+    .expect("a missing store must be refused");
+    assert!(
+        matches!(missing, EngineError::NoStore { .. }),
+        "{missing:?}"
+    );
+    assert!(missing.to_string().contains("contrastgeo index build"));
+    assert!(
+        !tmp.path().join("nothing").exists(),
+        "opening must not create a store"
+    );
+
+    let bad = EngineConfig {
+        prompt_weight: 1.5,
+        ..Default::default()
+    };
+    assert!(matches!(
+        Engine::open(&store, model(), bad),
+        Err(EngineError::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn the_tlm_rerank_scores_every_shortlisted_city_and_batching_does_not_change_answers() {
+    // The base head is untrained (random); marking it trained exercises the rerank path.
+    let mut reranking = GeoModel::from_base(
+        &common::model_files(),
+        GeoModelConfig::default(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    reranking.config_mut().head_trained = true;
+    let reranking = Arc::new(reranking);
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    build(
+        &store,
+        &reranking,
+        cities().cities(),
+        &support_posts()[..20],
+    );
+    let config = EngineConfig {
+        rerank_batch: 7, // several head passes and groups
+        ..Default::default()
+    };
+    let engine = Engine::open(&store, Arc::clone(&reranking), config).unwrap();
+    let together = engine.locate(&QUERIES).unwrap();
+    let tau = reranking.config().tau as f32;
+    for answer in &together {
+        assert_eq!(answer.top_k.len(), 10);
+        let total: f32 = answer.top_k.iter().map(|c| c.probability).sum();
+        assert!((total - 1.0).abs() < 1e-4);
+        for c in &answer.top_k {
+            let logit = c.tlm_logit.expect("every shortlisted city is reranked");
+            assert!((c.score - (logit + c.retrieval_score / tau)).abs() < 1e-3);
+        }
+        assert!(answer.top_k.windows(2).all(|w| w[0].score >= w[1].score));
+    }
+    for (query, batched) in QUERIES.iter().zip(&together) {
+        let alone = &engine.locate(&[query]).unwrap()[0];
+        assert_eq!(alone.city_id, batched.city_id);
+        for (a, b) in alone.top_k.iter().zip(&batched.top_k) {
+            assert_eq!(a.city_id, b.city_id);
+            assert!(
+                (a.score - b.score).abs() < 1e-2,
+                "{} vs {}",
+                a.score,
+                b.score
+            );
+        }
+    }
+}
+
+#[test]
+fn hnsw_recall_at_10_against_exact_search_on_real_post_embeddings() {
+    let posts: Vec<&LabelledPost> = benchmark_posts().iter().step_by(19).take(2000).collect();
+    assert_eq!(posts.len(), 2000);
+    let texts: Vec<&str> = posts.iter().map(|p| p.text.as_str()).collect();
+    let started = Instant::now();
+    let vectors = model().post_encoder().embed(&texts).unwrap();
+    eprintln!(
+        "embedded 2000 posts in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let (stored, queries) = vectors.split_at(1800);
+    let tmp = tempfile::tempdir().unwrap();
+    let index = VectorIndex::open(
+        tmp.path(),
+        "recall-test",
+        EngineConfig::default().index_options(),
+    )
+    .unwrap();
+    let rows: Vec<(VectorMeta, Vec<f32>)> = stored
+        .iter()
+        .zip(&posts)
+        .map(|(v, p)| {
+            let meta = VectorMeta {
+                city: p.city_id.unwrap_or(0),
+                kind: VectorKind::Support,
+                post: None,
+            };
+            (meta, v.clone())
+        })
+        .collect();
+    index.insert(&rows).unwrap();
+    let mut found = 0usize;
+    for query in queries {
+        let approx: HashSet<u64> = index
+            .search(query, 10)
+            .unwrap()
+            .iter()
+            .map(|n| n.vector_id)
+            .collect();
+        let exact = index.exact_search(query, 10).unwrap();
+        found += exact
+            .iter()
+            .filter(|n| approx.contains(&n.vector_id))
+            .count();
+    }
+    let recall = found as f64 / (10 * queries.len()) as f64;
+    eprintln!(
+        "HNSW recall@10 = {recall:.4} over {} queries",
+        queries.len()
+    );
+    assert!(recall >= 0.95, "recall@10 {recall}");
+}
+
+fn reported(stderr: &str, prefix: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("`{prefix}` missing in {stderr}"))
+        .to_string()
+}
+
+#[test]
+fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let store_arg = store.to_str().unwrap();
+    let support = tmp.path().join("support.jsonl");
+    std::fs::write(
+        &support,
+        concat!(
+            "{\"text\": \"Cyclones win again, Jack Trice was rocking\", \"city_id\": \"4846834\"}\n",
+            "{\"text\": \"no place for this one\"}\n",
+            "{\"text\": \"Sunset over the Missouri from the Old Market\", \"city_id\": 5074472}\n",
+        ),
+    )
+    .unwrap();
+    let cities = common::shared_data().join("cities.jsonl");
+    let (code, _, stderr) = common::run_contrastgeo(
+        &[
+            "index",
+            "build",
+            "--store",
+            store_arg,
+            "--cities",
+            cities.to_str().unwrap(),
+            "--support",
+            support.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        b"",
+    );
+    assert_eq!(
+        code, 2,
+        "a rejected support line gives exit code 2: {stderr}"
+    );
+    assert!(reported(&stderr, &format!("{}:2:", support.display())).contains("city_id"));
+    assert!(
+        stderr.contains("indexed 60 cities and 2 support posts"),
+        "{stderr}"
+    );
+
+    let mut input = Vec::new();
+    input.extend_from_slice(b"Just landed in Des Moines, Iowa\n");
+    input.extend_from_slice(b"\n");
+    input.extend_from_slice(
+        b"{\"id\": \"p3\", \"text\": \"Cyclones win again, Jack Trice was rocking\"}\n",
+    );
+    input.extend_from_slice(b"{broken json\n");
+    input.extend_from_slice(b"bad \xff\xfe utf8\n");
+    input.extend_from_slice(b"{\"id\": 6, \"text\": 42}\n");
+    input.extend_from_slice(b"Go Huskers! Memorial Stadium in Lincoln is loud\n");
+    let (code, stdout, stderr) =
+        common::run_contrastgeo(&["locate", "--store", store_arg, "--device", "cpu"], &input);
+    assert_eq!(code, 2, "rejected lines give exit code 2: {stderr}");
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines: Vec<u64> = records
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, vec![1, 3, 7]);
+    assert_eq!(records[0]["name"], "Des Moines");
+    assert_eq!(records[1]["id"], "p3");
+    assert_eq!(records[1]["name"], "Ames");
+    assert_eq!(
+        records[1]["evidence"][0]["text"],
+        "Cyclones win again, Jack Trice was rocking"
+    );
+    assert_eq!(records[2]["name"], "Lincoln");
+    assert_eq!(records[2]["top_k"].as_array().unwrap().len(), 10);
+    for (line, why) in [
+        (2, "empty"),
+        (4, "invalid JSON"),
+        (5, "UTF-8"),
+        (6, "not a string"),
+    ] {
+        assert!(reported(&stderr, &format!("line {line}: ")).contains(why));
+    }
+
+    // CSV output of one shard: lines 2, 4 and 6 of the input (all good here).
+    let (code, stdout, stderr) = common::run_contrastgeo(
+        &[
+            "locate", "--store", store_arg, "--device", "cpu", "--shard", "1/2",
+            "--output-format", "csv", "--top-k", "3",
+        ],
+        b"a\nJust landed in Des Moines, Iowa\nb\n{\"id\": \"x,1\", \"text\": \"Go Huskers!\"}\nc\nOld Market, Omaha\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        rows[0],
+        "line,id,city_id,name,admin1,country,lat,lon,score,probability"
+    );
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert!(
+        rows[1].starts_with("2,,4853828,Des Moines,Iowa,United States,"),
+        "{}",
+        rows[1]
+    );
+    assert!(rows[2].starts_with("4,\"x,1\","), "{}", rows[2]);
+    assert!(rows[3].starts_with("6,,5074472,Omaha,"), "{}", rows[3]);
+
+    // Another model's settings change its id: the store refuses it and says how to fix it.
+    let (code, _, stderr) = common::run_contrastgeo(
+        &[
+            "locate",
+            "--store",
+            store_arg,
+            "--device",
+            "cpu",
+            "--max-length",
+            "64",
+        ],
+        b"Just landed in Des Moines, Iowa\n",
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("rebuild the index"), "{stderr}");
+}
