@@ -20,7 +20,7 @@ pub type PostId = u64;
 pub type VectorId = u64;
 
 /// A city of the gazetteer, one candidate answer of a geolocation query.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct City {
     /// GeoNames id.
     pub id: CityId,

@@ -37,7 +37,7 @@ pub enum IndexCommand {
 /// Arguments of `contrastgeo index build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// Store directory [default: $CONTRASTGEO_HOME/index/default, else index/default in the checkout].
+    /// Store directory [default: $CONTRASTGEO_HOME/data/index/default, else data/index/default in the checkout].
     #[arg(long)]
     pub store: Option<PathBuf>,
     /// Candidate cities (JSONL city records) [default: the whole GeoNames gazetteer].

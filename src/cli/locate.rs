@@ -20,7 +20,7 @@ const CHUNK_LINES: usize = 1024;
 /// Arguments of `contrastgeo locate`.
 #[derive(Debug, clap::Args)]
 pub struct LocateArgs {
-    /// Store directory [default: $CONTRASTGEO_HOME/index/default, else index/default in the checkout; built
+    /// Store directory [default: $CONTRASTGEO_HOME/data/index/default, else data/index/default in the checkout; built
     /// from the gazetteer's city prompts on first use].
     #[arg(long)]
     pub store: Option<PathBuf>,
@@ -130,16 +130,17 @@ pub fn parse_shard(text: &str) -> Result<Shard, String> {
     Ok(Shard { index, count })
 }
 
-/// One JSONL output line.
-#[derive(Serialize)]
-struct LocatedRecord<'a> {
+/// One JSONL output line of `contrastgeo locate` (schema: `schema/located_post.schema.json`).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct LocatedRecord<'a> {
     /// 1-based input line number.
-    line: usize,
+    pub line: usize,
     /// The input's `id`, when it had one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a serde_json::Value>,
+    pub id: Option<&'a serde_json::Value>,
+    /// The answer for the post.
     #[serde(flatten)]
-    answer: &'a Answer,
+    pub answer: &'a Answer,
 }
 
 const CSV_HEADER: &str = "line,id,city_id,name,admin1,country,lat,lon,score,probability";

@@ -32,7 +32,7 @@ pub enum DataError {
 }
 
 /// A post with a known place: a city id and/or coordinates (schema: `schema/labelled_post.schema.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LabelledPost {
     /// The post's id, when it has one (kept as text).
     #[serde(
@@ -40,6 +40,7 @@ pub struct LabelledPost {
         deserialize_with = "optional_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<IdValue>")]
     pub id: Option<String>,
     /// What the author wrote.
     pub text: String,
@@ -49,6 +50,7 @@ pub struct LabelledPost {
         deserialize_with = "optional_city",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<IdValue>")]
     pub city_id: Option<CityId>,
     /// Latitude of the post.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,7 +6,7 @@ use crate::geo::{City, CityId};
 use contrastgeo_index::PostId;
 
 /// One ranked city of an answer's shortlist.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Candidate {
     /// GeoNames id.
     pub city_id: CityId,
@@ -36,7 +36,7 @@ pub struct Candidate {
 }
 
 /// A support post of the answered city that resembles the query, shown as evidence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Evidence {
     /// The support post's id in the store.
     pub post_id: PostId,
@@ -49,7 +49,7 @@ pub struct Evidence {
 }
 
 /// Where a post was most likely written, with the shortlist and evidence behind the guess.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Answer {
     /// GeoNames id of the answered city.
     pub city_id: CityId,

@@ -101,12 +101,16 @@ impl EngineConfig {
     }
 }
 
-/// Where the default store lives: `$CONTRASTGEO_HOME/index/default`, else `index/default` in the source
+/// Where the default store lives: `$CONTRASTGEO_HOME/data/index/default`, else `data/index/default` in the source
 /// checkout this binary was built from (like the default model).
 pub fn default_store_dir() -> PathBuf {
     match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
-        Some(home) => PathBuf::from(home).join("index").join("default"),
+        Some(home) => PathBuf::from(home)
+            .join("data")
+            .join("index")
+            .join("default"),
         None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("data")
             .join("index")
             .join("default"),
     }

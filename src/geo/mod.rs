@@ -204,7 +204,7 @@ struct CityRecord {
 }
 
 /// An id written as a JSON number or a string of digits.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum IdValue {
     /// `123`
