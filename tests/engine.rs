@@ -443,6 +443,39 @@ fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
     assert!(rows[2].starts_with("4,\"x,1\","), "{}", rows[2]);
     assert!(rows[3].starts_with("6,,5074472,Omaha,"), "{}", rows[3]);
 
+    // A CSV file is read as a table by its extension: the `text` column, the `id` column, true line numbers
+    // (the header is line 1; a quoted text spans lines 3-4) and a short record reported by its line.
+    let table = tmp.path().join("posts.csv");
+    std::fs::write(
+        &table,
+        "id,text\r\nq1,\"Just landed in Des Moines, Iowa\"\r\nq2,\"Old Market,\r\nOmaha\"\r\nq3\r\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = common::run_contrastgeo(
+        &[
+            "locate",
+            "--store",
+            store_arg,
+            "--device",
+            "cpu",
+            "--input",
+            table.to_str().unwrap(),
+            "--output-format",
+            "csv",
+        ],
+        b"",
+    );
+    assert_eq!(code, 2, "the short record is rejected: {stderr}");
+    assert!(reported(&stderr, "line 5: ").contains("no `text` column"));
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    assert!(
+        rows[1].starts_with("2,q1,4853828,Des Moines,"),
+        "{}",
+        rows[1]
+    );
+    assert!(rows[2].starts_with("3,q2,5074472,Omaha,"), "{}", rows[2]);
+
     // Another model's settings change its id: the store refuses it and says how to fix it.
     let (code, _, stderr) = common::run_contrastgeo(
         &[

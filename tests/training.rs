@@ -158,3 +158,26 @@ fn a_directory_without_a_checkpoint_is_a_clear_error() {
         .expect("empty dir is no checkpoint");
     assert!(err.to_string().contains("contrastgeo train"), "{err}");
 }
+
+#[test]
+fn a_learned_temperature_moves_and_is_recorded_in_the_checkpoint_config() {
+    let (cities, posts) = fixture();
+    let mut model = GeoModel::from_base(
+        &common::model_files(),
+        GeoModelConfig::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let config = TrainConfig {
+        learn_tau: true,
+        use_tlm: false,
+        ..quick_config(3)
+    };
+    train(&mut model, &cities, &posts, &config, &mut |_| {}).unwrap();
+    let tau = model.config().tau;
+    assert!(tau != 0.03 && (0.01..=1.0).contains(&tau), "tau {tau}");
+    assert!(
+        !model.config().head_trained,
+        "TLM was off: the head stays untrained"
+    );
+}

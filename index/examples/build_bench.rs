@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use contrastgeo_index::synthetic::{Clusters, Rng};
-use contrastgeo_index::{IndexOptions, VectorIndex, VectorKind, VectorMeta};
+use contrastgeo_index::{IndexOptions, VectorIndex};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -29,19 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut inserted = 0;
     while inserted < count {
         let n = (count - inserted).min(10_000);
-        let batch: Vec<(VectorMeta, Vec<f32>)> = clusters
-            .sample(&mut rng, n, 0.1)
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let meta = VectorMeta {
-                    city: ((inserted + i) / 80) as u64,
-                    kind: VectorKind::Support,
-                    post: None,
-                };
-                (meta, v)
-            })
-            .collect();
+        let batch = clusters.support_rows(&mut rng, inserted, n, 0.1, 80);
         index.insert(&batch)?;
         inserted += n;
     }

@@ -4,6 +4,8 @@
 //! around cluster centres on the unit sphere rather than uniformly: HNSW behaves on such data as
 //! it does on real embeddings, while uniform high-dimensional data is its worst case.
 
+use crate::records::{VectorKind, VectorMeta};
+
 /// A small deterministic random number generator (splitmix64).
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -69,6 +71,30 @@ impl Clusters {
             .map(|_| {
                 let centre = &self.centres[rng.below(self.centres.len())];
                 unit(centre.iter().map(|c| c + noise * rng.gaussian()).collect())
+            })
+            .collect()
+    }
+
+    /// [`Clusters::sample`] as support vectors ready for `VectorIndex::insert`: the `n` vectors numbered
+    /// from `first` belong to cities of `per_city` (at least 1) consecutive vectors, city `number / per_city`.
+    pub fn support_rows(
+        &self,
+        rng: &mut Rng,
+        first: usize,
+        n: usize,
+        noise: f32,
+        per_city: usize,
+    ) -> Vec<(VectorMeta, Vec<f32>)> {
+        self.sample(rng, n, noise)
+            .into_iter()
+            .enumerate()
+            .map(|(i, vector)| {
+                let meta = VectorMeta {
+                    city: ((first + i) / per_city.max(1)) as u64,
+                    kind: VectorKind::Support,
+                    post: None,
+                };
+                (meta, vector)
             })
             .collect()
     }

@@ -12,13 +12,14 @@ use super::{open_output, ModelArgs};
 /// Arguments of `contrastgeo embed`.
 #[derive(Debug, clap::Args)]
 pub struct EmbedArgs {
-    /// Input file of posts (one per line, or JSONL with a `text` field); `-` or absent for stdin.
+    /// Input file of posts (one per line, JSONL with a `text` field, or CSV/TSV with a `text` column); `-` or
+    /// absent for stdin.
     #[arg(long, short)]
     pub input: Option<PathBuf>,
     /// Output JSONL file; absent for stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
-    /// How to read input lines.
+    /// How to read the input (`auto` reads a `.csv` or `.tsv` file as that table).
     #[arg(long, value_enum, default_value_t)]
     pub format: InputFormat,
     /// Model options.

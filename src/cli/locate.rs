@@ -24,13 +24,14 @@ pub struct LocateArgs {
     /// from the gazetteer's city prompts on first use].
     #[arg(long)]
     pub store: Option<PathBuf>,
-    /// Input file of posts (one per line, or JSONL with a `text` field); `-` or absent for stdin.
+    /// Input file of posts (one per line, JSONL with a `text` field, or CSV/TSV with a `text` column); `-` or
+    /// absent for stdin.
     #[arg(long, short)]
     pub input: Option<PathBuf>,
     /// Output file; absent for stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
-    /// How to read input lines.
+    /// How to read the input (`auto` reads a `.csv` or `.tsv` file as that table).
     #[arg(long, value_enum, default_value_t)]
     pub format: InputFormat,
     /// How to write answers.
@@ -143,56 +144,84 @@ pub struct LocatedRecord<'a> {
     pub answer: &'a Answer,
 }
 
-const CSV_HEADER: &str = "line,id,city_id,name,admin1,country,lat,lon,score,probability";
+/// The columns of `--output-format csv`, in order.
+const CSV_COLUMNS: [&str; 10] = [
+    "line",
+    "id",
+    "city_id",
+    "name",
+    "admin1",
+    "country",
+    "lat",
+    "lon",
+    "score",
+    "probability",
+];
 
-/// A CSV field, quoted when it holds a comma, a quote or a line break.
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
+/// Writes answers in the chosen [`OutputFormat`].
+enum AnswerWriter {
+    Jsonl(Box<dyn Write>),
+    Csv(Box<csv::Writer<Box<dyn Write>>>),
 }
 
-fn write_answer(
-    out: &mut dyn Write,
-    format: OutputFormat,
-    line: &InputLine,
-    answer: &Answer,
-) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Jsonl => {
-            let record = LocatedRecord {
-                line: line.line,
-                id: line.id.as_ref(),
-                answer,
-            };
-            serde_json::to_writer(&mut *out, &record)?;
-            out.write_all(b"\n")?;
-        }
-        OutputFormat::Csv => {
-            let id = match &line.id {
-                None | Some(serde_json::Value::Null) => String::new(),
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-            };
-            writeln!(
-                out,
-                "{},{},{},{},{},{},{},{},{},{}",
-                line.line,
-                csv_field(&id),
-                answer.city_id,
-                csv_field(&answer.name),
-                csv_field(answer.admin1.as_deref().unwrap_or("")),
-                csv_field(&answer.country),
-                answer.lat,
-                answer.lon,
-                answer.score,
-                answer.probability
-            )?;
-        }
+impl AnswerWriter {
+    /// A writer onto `out`; CSV starts with its header row, so even an empty result names the columns.
+    fn new(out: Box<dyn Write>, format: OutputFormat) -> anyhow::Result<Self> {
+        Ok(match format {
+            OutputFormat::Jsonl => Self::Jsonl(out),
+            OutputFormat::Csv => {
+                let mut csv = csv::WriterBuilder::new()
+                    .has_headers(false)
+                    .from_writer(out);
+                csv.write_record(CSV_COLUMNS)?;
+                Self::Csv(Box::new(csv))
+            }
+        })
     }
-    Ok(())
+
+    /// Writes the answer for input `line`.
+    fn write(&mut self, line: &InputLine, answer: &Answer) -> anyhow::Result<()> {
+        match self {
+            Self::Jsonl(out) => {
+                let record = LocatedRecord {
+                    line: line.line,
+                    id: line.id.as_ref(),
+                    answer,
+                };
+                serde_json::to_writer(&mut *out, &record)?;
+                out.write_all(b"\n")?;
+            }
+            Self::Csv(csv) => {
+                let id = match &line.id {
+                    None | Some(serde_json::Value::Null) => String::new(),
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                };
+                csv.write_record([
+                    line.line.to_string(),
+                    id,
+                    answer.city_id.to_string(),
+                    answer.name.clone(),
+                    answer.admin1.clone().unwrap_or_default(),
+                    answer.country.clone(),
+                    answer.lat.to_string(),
+                    answer.lon.to_string(),
+                    answer.score.to_string(),
+                    answer.probability.to_string(),
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes everything written.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Jsonl(out) => out.flush()?,
+            Self::Csv(csv) => csv.flush()?,
+        }
+        Ok(())
+    }
 }
 
 /// Runs the command; returns how many input lines were rejected.
@@ -213,10 +242,7 @@ pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
     tracing::info!(store = %store.display(), ?config, shard = ?args.shard, "locating");
     let engine = Engine::open(&store, model, config)?;
     let (mut reader, size) = PostReader::open(args.input.as_deref(), args.format)?;
-    let mut out = open_output(args.output.as_deref())?;
-    if args.output_format == OutputFormat::Csv {
-        writeln!(out, "{CSV_HEADER}")?;
-    }
+    let mut out = AnswerWriter::new(open_output(args.output.as_deref())?, args.output_format)?;
     let bar = bulk_progress(size);
     let (mut located, mut rejected) = (0u64, 0usize);
     loop {
@@ -232,7 +258,7 @@ pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
         let texts: Vec<&str> = good.iter().filter_map(|l| l.text.as_deref().ok()).collect();
         let answers = engine.locate(&texts)?;
         for (line, answer) in good.iter().zip(&answers) {
-            write_answer(&mut out, args.output_format, line, answer)?;
+            out.write(line, answer)?;
         }
         located += good.len() as u64;
         bar.inc(bytes);
@@ -258,10 +284,104 @@ mod tests {
         assert!(parse_shard("a/2").is_err());
     }
 
+    fn answer(name: &str, admin1: Option<&str>) -> Answer {
+        Answer {
+            city_id: 4853828,
+            name: name.into(),
+            admin1: admin1.map(Into::into),
+            country: "United States".into(),
+            lat: 41.60054,
+            lon: -93.60911,
+            score: 12.5,
+            probability: 0.25,
+            top_k: Vec::new(),
+            evidence: Vec::new(),
+        }
+    }
+
+    /// A writer into a buffer the test can read after the writer is gone.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn written(format: OutputFormat, rows: &[(InputLine, Answer)]) -> String {
+        let buffer = Shared::default();
+        let mut out = AnswerWriter::new(Box::new(buffer.clone()), format).unwrap();
+        for (line, answer) in rows {
+            out.write(line, answer).unwrap();
+        }
+        out.flush().unwrap();
+        drop(out);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
     #[test]
-    fn csv_fields_are_quoted_only_when_needed() {
-        assert_eq!(csv_field("Des Moines"), "Des Moines");
-        assert_eq!(csv_field("Washington, D.C."), "\"Washington, D.C.\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    fn csv_output_has_a_header_and_quotes_fields_only_when_needed() {
+        assert_eq!(
+            written(OutputFormat::Csv, &[]),
+            "line,id,city_id,name,admin1,country,lat,lon,score,probability\n"
+        );
+        let line = |line, id: Option<serde_json::Value>| InputLine {
+            line,
+            id,
+            text: Ok("post".into()),
+        };
+        let text = written(
+            OutputFormat::Csv,
+            &[
+                (line(1, None), answer("Des Moines", Some("Iowa"))),
+                (
+                    line(3, Some(serde_json::json!("x,\"1\""))),
+                    answer("Washington, D.C.", None),
+                ),
+                (
+                    line(4, Some(serde_json::json!(17))),
+                    answer("Two\nLines", None),
+                ),
+            ],
+        );
+        let rows: Vec<&str> = text.split_terminator('\n').collect();
+        assert_eq!(
+            rows[1],
+            "1,,4853828,Des Moines,Iowa,United States,41.60054,-93.60911,12.5,0.25"
+        );
+        assert_eq!(
+            rows[2],
+            "3,\"x,\"\"1\"\"\",4853828,\"Washington, D.C.\",,United States,41.60054,-93.60911,12.5,0.25"
+        );
+        assert!(rows[3].starts_with("4,17,4853828,\"Two"), "{text}");
+
+        // And a CSV reader gets the same fields back.
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let names: Vec<String> = reader
+            .records()
+            .map(|r| r.unwrap()[3].to_string())
+            .collect();
+        assert_eq!(names, ["Des Moines", "Washington, D.C.", "Two\nLines"]);
+    }
+
+    #[test]
+    fn jsonl_output_is_one_record_per_line_with_the_input_id() {
+        let line = InputLine {
+            line: 5,
+            id: Some(serde_json::json!("p5")),
+            text: Ok("post".into()),
+        };
+        let text = written(OutputFormat::Jsonl, &[(line, answer("Ames", None))]);
+        assert_eq!(text.lines().count(), 1);
+        let record: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(record["line"], 5);
+        assert_eq!(record["id"], "p5");
+        assert_eq!(record["name"], "Ames");
     }
 }

@@ -94,6 +94,9 @@ pub struct TrainOptions {
     /// Also train the word-embedding matrix.
     #[arg(long)]
     pub train_word_embeddings: bool,
+    /// Learn the contrastive temperature (starting from --tau).
+    #[arg(long)]
+    pub learn_tau: bool,
 }
 
 impl TrainOptions {
@@ -130,6 +133,7 @@ impl TrainOptions {
             negative_sampling: self.negative_sampling,
             freeze_word_embeddings: !self.train_word_embeddings,
             seed: self.seed,
+            learn_tau: self.learn_tau,
             ..Default::default()
         }
     }

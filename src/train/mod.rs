@@ -4,5 +4,5 @@
 pub mod objectives;
 pub mod trainer;
 
-pub use objectives::{sample_hard_negatives, tlc_loss, NegativeSampling};
+pub use objectives::{sample_hard_negatives, tlc_loss, tlc_loss_scaled, NegativeSampling};
 pub use trainer::{train, StepReport, TrainConfig, TrainError, TrainReport};

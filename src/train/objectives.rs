@@ -16,7 +16,18 @@ pub fn tlc_loss(
     targets: &Tensor,
     tau: f64,
 ) -> candle_core::Result<Tensor> {
-    let logits = (posts.matmul(&cities.t()?)? / tau)?;
+    let inverse_tau = Tensor::new(&[(1.0 / tau) as f32], posts.device())?;
+    tlc_loss_scaled(posts, cities, targets, &inverse_tau)
+}
+
+/// TLC loss with the inverse temperature as a `[1]` tensor, so that it can be a trained variable.
+pub fn tlc_loss_scaled(
+    posts: &Tensor,
+    cities: &Tensor,
+    targets: &Tensor,
+    inverse_tau: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let logits = posts.matmul(&cities.t()?)?.broadcast_mul(inverse_tau)?;
     candle_nn::loss::cross_entropy(&logits, targets)
 }
 

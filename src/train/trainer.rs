@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::objectives::{sample_hard_negatives, tlc_loss, NegativeSampling};
+use super::objectives::{sample_hard_negatives, tlc_loss_scaled, NegativeSampling};
 use crate::data::CityPost;
 use crate::geo::CityTable;
 use crate::model::fusion::binary_cross_entropy_with_logits;
@@ -71,6 +71,8 @@ pub struct TrainConfig {
     pub dropout_scale: f32,
     /// Seed of shuffling and negative sampling.
     pub seed: u64,
+    /// Learn the contrastive temperature (kept within [0.01, 1]) instead of fixing it.
+    pub learn_tau: bool,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +94,7 @@ impl Default for TrainConfig {
             max_cities_per_step: 256,
             dropout_scale: 1.0,
             seed: 0,
+            learn_tau: false,
         }
     }
 }
@@ -182,8 +185,23 @@ pub fn train(
             ..Default::default()
         },
     )?;
+    // ln(1/tau): trained with the head when `learn_tau`, else a constant.
+    let log_inverse_tau = Var::new(&[(1.0 / tau).ln() as f32], model.device())?;
+    let head_params = model.head_vars().all_vars();
+    let mut tau_params = Vec::new();
+    if config.learn_tau {
+        tau_params.push(log_inverse_tau.clone());
+    }
+    let mut tau_opt = AdamW::new(
+        tau_params,
+        ParamsAdamW {
+            lr: config.head_lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
     let mut head_opt = AdamW::new(
-        model.head_vars().all_vars(),
+        head_params,
         ParamsAdamW {
             lr: config.head_lr,
             weight_decay: config.weight_decay,
@@ -230,12 +248,13 @@ pub fn train(
 
             let device = model.device().clone();
             let target_tensor = Tensor::new(targets.as_slice(), &device)?;
-            let tlc = tlc_loss(
+            let tlc = tlc_loss_scaled(
                 &encoded_posts.pooled,
                 &encoded_cities.pooled,
                 &target_tensor,
-                tau,
+                &log_inverse_tau.as_tensor().exp()?,
             )?;
+            let tau = 1.0 / log_inverse_tau.as_tensor().exp()?.to_vec1::<f32>()?[0] as f64;
 
             let tlm = if config.use_tlm {
                 let sims = encoded_posts
@@ -286,6 +305,11 @@ pub fn train(
             if tlm.is_some() {
                 head_opt.step(&grads)?;
             }
+            if config.learn_tau {
+                tau_opt.step(&grads)?;
+                let clamped = log_inverse_tau.as_tensor().clamp(0.0f32, 100f32.ln())?;
+                log_inverse_tau.set(&clamped)?;
+            }
 
             step += 1;
             seen_posts += batch.len();
@@ -319,6 +343,7 @@ pub fn train(
     };
     let recorded = model.config_mut();
     recorded.head_trained |= config.use_tlm;
+    recorded.tau = 1.0 / log_inverse_tau.as_tensor().exp()?.to_vec1::<f32>()?[0] as f64;
     recorded.model_id = format!(
         "trained:{data_hash}:{:016x}",
         config.seed ^ started.elapsed().as_nanos() as u64

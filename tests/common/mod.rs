@@ -51,12 +51,11 @@ pub fn run_contrastgeo(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn contrastgeo");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
+    // A command that fails early (say, on a missing model) may exit before reading its input.
+    match child.stdin.take().expect("stdin").write_all(stdin) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.expect("write stdin"),
+    }
     let out = child.wait_with_output().expect("wait for contrastgeo");
     (
         out.status.code().unwrap_or(-1),
