@@ -38,6 +38,10 @@ pub struct EvalArgs {
     /// Save every run's trained checkpoint under this directory.
     #[arg(long)]
     pub save_checkpoints: Option<PathBuf>,
+    /// Write the test posts (`test.jsonl`) and each run's K-shot support posts (`k{K}-seed{S}.support.jsonl`)
+    /// to this directory and stop: the same sets `index build --support` and `locate` can be checked on.
+    #[arg(long)]
+    pub export_sets: Option<PathBuf>,
     /// Directory for report.json and report.md.
     #[arg(long, default_value = "reports/benchmark")]
     pub out: PathBuf,
@@ -50,6 +54,9 @@ pub struct EvalArgs {
 pub fn run(args: &EvalArgs) -> anyhow::Result<usize> {
     let data = BenchmarkData::load(&args.data_dir, args.options.radius_km)
         .with_context(|| format!("loading benchmark {}", args.data_dir.display()))?;
+    if let Some(dir) = &args.export_sets {
+        return export_sets(&data, args, dir);
+    }
     let spec = BenchmarkSpec {
         shots: args.shots.clone(),
         seeds: args.seeds.clone(),
@@ -95,5 +102,37 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<usize> {
     let markdown = benchmark::to_markdown(&report);
     std::fs::write(args.out.join("report.md"), &markdown)?;
     println!("{markdown}");
+    Ok(0)
+}
+
+/// Writes the benchmark's test set and K-shot support sets as labelled-post JSONL.
+fn export_sets(
+    data: &BenchmarkData,
+    args: &EvalArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<usize> {
+    use crate::data::split::{sample_k_shot, test_posts};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: String, posts: &[crate::data::CityPost]| -> anyhow::Result<()> {
+        let path = dir.join(name);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for post in posts {
+            let mut record = post.post.clone();
+            record.city_id = Some(data.cities.cities()[post.city].id);
+            serde_json::to_writer(&mut out, &record)?;
+            std::io::Write::write_all(&mut out, b"\n")?;
+        }
+        eprintln!("wrote {} posts to {}", posts.len(), path.display());
+        Ok(())
+    };
+    write("test.jsonl".into(), &test_posts(&data.split, &data.posts))?;
+    for &shots in &args.shots {
+        for &seed in &args.seeds {
+            write(
+                format!("k{shots}-seed{seed}.support.jsonl"),
+                &sample_k_shot(&data.split, &data.posts, shots, seed),
+            )?;
+        }
+    }
     Ok(0)
 }

@@ -1,0 +1,23 @@
+#!/usr/bin/env python3
+"""Scores `contrastgeo locate` JSONL output against labelled posts (the same file, in the same order, that was
+given to locate): prints Acc@1, Acc@161km and the count. Usage: tools/score_locate.py LABELLED.jsonl LOCATED.jsonl"""
+import json
+import math
+import sys
+
+def km(lat1, lon1, lat2, lon2):
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(a)))
+
+truth = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+located = {r["line"]: r for r in (json.loads(line) for line in open(sys.argv[2]) if line.strip())}
+hits = near = 0
+for line, post in enumerate(truth, start=1):
+    answer = located.get(line)
+    if answer is None:
+        continue
+    hits += str(answer["city_id"]) == str(post["city_id"])
+    near += km(post["lat"], post["lon"], answer["lat"], answer["lon"]) <= 161.0
+n = len(truth)
+print(json.dumps({"posts": n, "answered": len(located), "acc1": hits / n, "acc161": near / n}))
