@@ -5,23 +5,19 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::input::{keep_posts, InputFormat, PostReader};
+use super::input::{keep_posts, PostReader, PostsInput};
 use super::progress::{bulk_progress, rate_message};
 use super::{open_output, ModelArgs};
 
 /// Arguments of `contrastgeo embed`.
 #[derive(Debug, clap::Args)]
 pub struct EmbedArgs {
-    /// Input file of posts (one per line, JSONL with a `text` field, or CSV/TSV with a `text` column); `-` or
-    /// absent for stdin.
-    #[arg(long, short)]
-    pub input: Option<PathBuf>,
+    /// Where posts come from.
+    #[command(flatten)]
+    pub posts: PostsInput,
     /// Output JSONL file; absent for stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
-    /// How to read the input (`auto` reads a `.csv` or `.tsv` file as that table).
-    #[arg(long, value_enum, default_value_t)]
-    pub format: InputFormat,
     /// Model options.
     #[command(flatten)]
     pub model: ModelArgs,
@@ -45,7 +41,7 @@ const CHUNK_LINES: usize = 2048;
 /// Runs the command; returns how many input lines were rejected.
 pub fn run(args: &EmbedArgs) -> anyhow::Result<usize> {
     let encoder = args.model.load_encoder()?;
-    let (mut reader, size) = PostReader::open(args.input.as_deref(), args.format)?;
+    let (mut reader, size) = PostReader::open(args.posts.input.as_deref(), args.posts.format)?;
     let mut out = open_output(args.output.as_deref())?;
     let bar = bulk_progress(size);
     let (mut embedded, mut rejected) = (0u64, 0usize);

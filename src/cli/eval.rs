@@ -80,18 +80,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<usize> {
         &spec,
         &base,
         &mut |event| tracing::info!("{event}"),
-        &mut |s| {
-            if s.step % 20 == 0 || s.step == s.steps {
-                tracing::info!(
-                    step = s.step,
-                    steps = s.steps,
-                    loss = s.loss,
-                    tlc = s.tlc,
-                    tlm = s.tlm,
-                    "training"
-                );
-            }
-        },
+        &mut super::train::log_step,
     )?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

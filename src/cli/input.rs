@@ -10,6 +10,18 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
+/// The input options of every bulk command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PostsInput {
+    /// Input file of posts (one per line, JSONL with a `text` field, or CSV/TSV with a `text` column); `-` or
+    /// absent for stdin.
+    #[arg(long, short)]
+    pub input: Option<std::path::PathBuf>,
+    /// How to read the input (`auto` reads a `.csv` or `.tsv` file as that table).
+    #[arg(long, value_enum, default_value_t)]
+    pub format: InputFormat,
+}
+
 /// How input lines are interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum InputFormat {

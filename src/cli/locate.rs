@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::index::{build_default_store, GeoModelArgs};
-use super::input::{keep_posts, InputFormat, InputLine, PostReader};
+use super::input::{keep_posts, InputLine, PostReader, PostsInput};
 use super::open_output;
 use super::progress::{bulk_progress, rate_message};
 use crate::engine::{default_store_dir, Answer, Engine, EngineConfig, Snapshot};
@@ -24,16 +24,12 @@ pub struct LocateArgs {
     /// from the gazetteer's city prompts on first use].
     #[arg(long)]
     pub store: Option<PathBuf>,
-    /// Input file of posts (one per line, JSONL with a `text` field, or CSV/TSV with a `text` column); `-` or
-    /// absent for stdin.
-    #[arg(long, short)]
-    pub input: Option<PathBuf>,
+    /// Where posts come from.
+    #[command(flatten)]
+    pub posts: PostsInput,
     /// Output file; absent for stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
-    /// How to read the input (`auto` reads a `.csv` or `.tsv` file as that table).
-    #[arg(long, value_enum, default_value_t)]
-    pub format: InputFormat,
     /// How to write answers.
     #[arg(long, value_enum, default_value_t)]
     pub output_format: OutputFormat,
@@ -241,7 +237,7 @@ pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
     };
     tracing::info!(store = %store.display(), ?config, shard = ?args.shard, "locating");
     let engine = Engine::open(&store, model, config)?;
-    let (mut reader, size) = PostReader::open(args.input.as_deref(), args.format)?;
+    let (mut reader, size) = PostReader::open(args.posts.input.as_deref(), args.posts.format)?;
     let mut out = AnswerWriter::new(open_output(args.output.as_deref())?, args.output_format)?;
     let bar = bulk_progress(size);
     let (mut located, mut rejected) = (0u64, 0usize);

@@ -160,17 +160,7 @@ pub fn train_with_progress(
             s.step, s.steps, s.loss, s.tlc, s.tlm, s.posts_per_s
         ));
         bar.tick();
-        if s.step % 10 == 0 || s.step == s.steps {
-            tracing::info!(
-                step = s.step,
-                steps = s.steps,
-                loss = s.loss,
-                tlc = s.tlc,
-                tlm = s.tlm,
-                posts_per_s = s.posts_per_s,
-                "training"
-            );
-        }
+        log_step(s);
     })?;
     bar.finish_and_clear();
     Ok(report)
@@ -220,4 +210,19 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<usize> {
         args.out.display()
     );
     Ok(0)
+}
+
+/// Logs every tenth training step (and the last) for non-interactive runs.
+pub fn log_step(s: &crate::train::StepReport) {
+    if s.step.is_multiple_of(10) || s.step == s.steps {
+        tracing::info!(
+            step = s.step,
+            steps = s.steps,
+            loss = s.loss,
+            tlc = s.tlc,
+            tlm = s.tlm,
+            posts_per_s = s.posts_per_s,
+            "training"
+        );
+    }
 }
