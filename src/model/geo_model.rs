@@ -109,12 +109,7 @@ impl GeoModel {
         } else {
             Some(TextEncoder::load(files, config.encoder.clone(), device)?)
         };
-        let head_vars = VarMap::new();
-        let head = TlmHead::new(
-            config.fusion,
-            post_encoder.hidden_size(),
-            VarBuilder::from_varmap(&head_vars, DType::F32, device),
-        )?;
+        let (head, head_vars) = new_head(config.fusion, post_encoder.hidden_size(), device)?;
         Ok(Self {
             config,
             files: files.clone(),
@@ -169,12 +164,7 @@ impl GeoModel {
                 device,
             )?)
         };
-        let head_vars = VarMap::new();
-        let head = TlmHead::new(
-            config.fusion,
-            post_encoder.hidden_size(),
-            VarBuilder::from_varmap(&head_vars, DType::F32, device),
-        )?;
+        let (head, head_vars) = new_head(config.fusion, post_encoder.hidden_size(), device)?;
         fill_vars(&head_vars, &dir.join(HEAD_FILE), device)?;
         Ok(Self {
             config,
@@ -323,6 +313,17 @@ impl GeoModel {
             mode,
         )?)
     }
+}
+
+/// A freshly initialised TLM head with its own variable map (filled from a checkpoint by the caller).
+fn new_head(fusion: Fusion, hidden: usize, device: &Device) -> Result<(TlmHead, VarMap)> {
+    let vars = VarMap::new();
+    let head = TlmHead::new(
+        fusion,
+        hidden,
+        VarBuilder::from_varmap(&vars, DType::F32, device),
+    )?;
+    Ok((head, vars))
 }
 
 /// A short stable fingerprint of the settings that change embeddings.
