@@ -25,14 +25,7 @@ fn embed_reports_bad_lines_with_their_numbers_and_embeds_the_rest() {
         code, 2,
         "rejected lines must give exit code 2; stderr: {stderr}"
     );
-    let records: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let lines: Vec<u64> = records
-        .iter()
-        .map(|r| r["line"].as_u64().unwrap())
-        .collect();
+    let (records, lines) = common::jsonl_records(&stdout);
     assert_eq!(lines, vec![1, 5, 7]);
     assert_eq!(records[1]["id"], "p5");
     for record in &records {

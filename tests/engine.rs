@@ -393,14 +393,7 @@ fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
     let (code, stdout, stderr) =
         common::run_contrastgeo(&["locate", "--store", store_arg, "--device", "cpu"], &input);
     assert_eq!(code, 2, "rejected lines give exit code 2: {stderr}");
-    let records: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let lines: Vec<u64> = records
-        .iter()
-        .map(|r| r["line"].as_u64().unwrap())
-        .collect();
+    let (records, lines) = common::jsonl_records(&stdout);
     assert_eq!(lines, vec![1, 3, 7]);
     assert_eq!(records[0]["name"], "Des Moines");
     assert_eq!(records[1]["id"], "p3");

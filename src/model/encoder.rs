@@ -162,10 +162,7 @@ impl TextEncoder {
 
     /// Embeddings `[N, H]` of `texts` as one batch, in order: the differentiable path used in training.
     pub fn embed_texts(&self, texts: &[&str], mode: ForwardMode) -> Result<Tensor> {
-        let ids = self.tokenizer.tokenize(texts)?;
-        let refs: Vec<&[u32]> = ids.iter().map(|s| s.as_slice()).collect();
-        let batch = self.tokenizer.batch(&refs, &self.device)?;
-        self.embed_batch(&batch, mode)
+        Ok(self.encode_texts(texts, mode)?.pooled)
     }
 
     /// Unit-length embeddings of `texts` for inference, in input order. Texts are bucketed by length into

@@ -63,3 +63,16 @@ pub fn run_contrastgeo(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Parses JSONL output of a bulk command: the records and their `line` numbers.
+pub fn jsonl_records(stdout: &str) -> (Vec<serde_json::Value>, Vec<u64>) {
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let lines = records
+        .iter()
+        .map(|r| r["line"].as_u64().expect("a line number"))
+        .collect();
+    (records, lines)
+}
