@@ -23,7 +23,7 @@ pub mod rerank;
 pub mod retrieve;
 pub mod snapshot;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use contrastgeo_index::{IndexOptions, SupportPost};
@@ -36,7 +36,6 @@ pub use error::{EngineError, Result};
 pub use snapshot::{CityCache, CityEntry, Snapshot};
 
 use crate::geo::City;
-use crate::model::files::HOME_ENV;
 use crate::model::pooling::to_rows;
 use crate::model::tokenize::length_buckets;
 use crate::model::{ForwardMode, GeoModel, ModelError};
@@ -98,21 +97,6 @@ impl EngineConfig {
             ef_search: self.ef_search.max(self.neighbours),
             ..IndexOptions::default()
         }
-    }
-}
-
-/// Where the default store lives: `$CONTRASTGEO_HOME/data/index/default`, else `data/index/default` in the source
-/// checkout this binary was built from (like the default model).
-pub fn default_store_dir() -> PathBuf {
-    match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
-        Some(home) => PathBuf::from(home)
-            .join("data")
-            .join("index")
-            .join("default"),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("data")
-            .join("index")
-            .join("default"),
     }
 }
 
