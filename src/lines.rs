@@ -25,7 +25,7 @@ pub enum Line<'a> {
 impl Line<'_> {
     /// The message a reader reports for a line that was too long.
     pub fn too_long_message(bytes: u64, max: usize) -> String {
-        format!("line of {bytes} bytes is longer than the limit of {max} bytes; skipped unread")
+        format!("line of {bytes} bytes is longer than the limit of {max} bytes")
     }
 }
 
@@ -54,6 +54,8 @@ impl<R: BufRead> BoundedLines<R> {
     pub fn next_line(&mut self) -> std::io::Result<Option<(usize, u64, Line<'_>)>> {
         self.buffer.clear();
         let (mut consumed, mut too_long) = (0u64, false);
+        // The line end's length (`\n` or `\r\n`), and the last byte seen before it.
+        let (mut ending, mut last) = (0u64, 0u8);
         loop {
             let available = self.reader.fill_buf()?;
             if available.is_empty() {
@@ -63,6 +65,11 @@ impl<R: BufRead> BoundedLines<R> {
                 Some(i) => (i + 1, true),
                 None => (available.len(), false),
             };
+            if done {
+                let before = if take >= 2 { available[take - 2] } else { last };
+                ending = if before == b'\r' { 2 } else { 1 };
+            }
+            last = available[take - 1];
             if !too_long && self.buffer.len() + take <= self.max + 2 {
                 self.buffer.extend_from_slice(&available[..take]);
             } else {
@@ -79,19 +86,11 @@ impl<R: BufRead> BoundedLines<R> {
             return Ok(None);
         }
         self.number += 1;
-        let mut content = self.buffer.as_slice();
-        content = content.strip_suffix(b"\n").unwrap_or(content);
-        content = content.strip_suffix(b"\r").unwrap_or(content);
-        let line = if too_long || content.len() > self.max {
-            Line::TooLong {
-                bytes: if too_long {
-                    consumed
-                } else {
-                    content.len() as u64
-                },
-            }
+        let length = consumed - ending;
+        let line = if too_long || length > self.max as u64 {
+            Line::TooLong { bytes: length }
         } else {
-            Line::Kept(content)
+            Line::Kept(&self.buffer[..length as usize])
         };
         Ok(Some((self.number, consumed, line)))
     }
@@ -135,7 +134,7 @@ mod tests {
             got,
             vec![
                 (1, Ok(b"ab".to_vec())),
-                (2, Err(11)),
+                (2, Err(10)),
                 (3, Ok(b"xyz".to_vec())),
                 (4, Ok(Vec::new())),
                 (5, Ok(b"last".to_vec())),
