@@ -279,6 +279,8 @@ struct TableSource {
     offset: u64,
     /// Line feeds in those bytes.
     newlines: usize,
+    /// A fatal read error held back until the records read before it were returned.
+    failed: Option<std::io::Error>,
 }
 
 /// Keeps the bytes the CSV parser has read but not yet accounted for, so that a record's line number is
@@ -339,10 +341,14 @@ impl TableSource {
             record: csv::ByteRecord::new(),
             offset: 0,
             newlines: 0,
+            failed: None,
         }
     }
 
     fn next_chunk(&mut self, max: usize) -> std::io::Result<(Vec<InputLine>, u64)> {
+        if let Some(error) = self.failed.take() {
+            return Err(error);
+        }
         let started = self.offset;
         let mut chunk = Vec::with_capacity(max);
         while chunk.len() < max {
@@ -358,14 +364,20 @@ impl TableSource {
                     csv::ErrorKind::Io(error)
                         if error.get_ref().is_some_and(|e| e.is::<RecordTooLong>()) =>
                     {
-                        return Err(std::io::Error::new(
+                        let error = std::io::Error::new(
                             std::io::ErrorKind::InvalidData,
                             format!(
                                 "line {line}: a table record longer than {} bytes (an unclosed quote?); \
                                  stopped reading",
                                 self.reader.get_ref().max_record
                             ),
-                        ));
+                        );
+                        // The records before it are answered first; the next call reports it.
+                        if chunk.is_empty() {
+                            return Err(error);
+                        }
+                        self.failed = Some(error);
+                        break;
                     }
                     csv::ErrorKind::Io(error) => return Err(error),
                     // Flexible byte records leave the parser no other error; report one and go on.
@@ -612,6 +624,29 @@ mod tests {
             assert_eq!(lines[0].id, Some(serde_json::json!("x")));
             assert_eq!(lines[0].text.as_deref(), Ok("hello, austin"));
         }
+    }
+
+    #[test]
+    fn a_runaway_table_record_stops_the_read_naming_its_line_and_long_lines_are_skipped() {
+        let mut input = b"id,text\n1,fine\n2,\"an unclosed quote".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 512 * 1024));
+        let mut reader = PostReader::from_bytes(input, InputFormat::Csv).with_line_limit(1024);
+        let (before, _) = reader.next_chunk(10).unwrap();
+        assert_eq!(before.len(), 1, "the record before the runaway one is kept");
+        assert_eq!(before[0].text.as_deref(), Ok("fine"));
+        let err = reader.next_chunk(10).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("line 3"), "{err}");
+
+        let mut input = b"short\n".to_vec();
+        input.extend(std::iter::repeat_n(b'y', 4096));
+        input.extend_from_slice(b"\nlast\n");
+        let mut reader = PostReader::from_bytes(input, InputFormat::Lines).with_line_limit(1024);
+        let (lines, _) = reader.next_chunk(10).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].text.as_deref(), Ok("short"));
+        assert!(lines[1].text.as_ref().unwrap_err().contains("4096 bytes"));
+        assert_eq!(lines[2].text.as_deref(), Ok("last"));
     }
 
     #[test]
