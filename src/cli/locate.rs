@@ -8,11 +8,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::index::{build_default_store, GeoModelArgs};
+use super::index::{store_or_default, GeoModelArgs};
 use super::input::{keep_posts, InputLine, PostReader, PostsInput};
 use super::open_output;
 use super::progress::{bulk_progress, rate_message};
-use crate::engine::{default_store_dir, Answer, Engine, EngineConfig, Snapshot};
+use crate::engine::{Answer, Engine, EngineConfig};
 
 /// Lines read and located per round: bounds memory on any input size.
 const CHUNK_LINES: usize = 1024;
@@ -225,16 +225,7 @@ pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
     let config = args.engine.config();
     config.validate()?;
     let model = Arc::new(args.model.load()?);
-    let store = match &args.store {
-        Some(dir) => dir.clone(),
-        None => {
-            let dir = default_store_dir();
-            if !Snapshot::exists(&dir) {
-                build_default_store(&dir, &model)?;
-            }
-            dir
-        }
-    };
+    let store = store_or_default(args.store.as_deref(), &model)?;
     tracing::info!(store = %store.display(), ?config, shard = ?args.shard, "locating");
     let engine = Engine::open(&store, model, config)?;
     let (mut reader, size) = PostReader::open(args.posts.input.as_deref(), args.posts.format)?;
