@@ -9,4 +9,5 @@ pub mod engine;
 pub mod eval;
 pub mod geo;
 pub mod model;
+pub mod server;
 pub mod train;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Locate(args) => contrastgeo::cli::locate::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => contrastgeo::cli::serve::run(args),
     };
     match outcome {
         Ok(0) => ExitCode::SUCCESS,
