@@ -188,19 +188,17 @@ pub fn build_default_store(dir: &Path, model: &GeoModel) -> anyhow::Result<Build
     build_with_progress(dir, model, &cities, &[])
 }
 
-/// The store a query command opens: `store` when given, else the default store, built from the gazetteer on
-/// first use (`locate` and `serve` share this).
-pub fn store_or_default(store: Option<&Path>, model: &GeoModel) -> anyhow::Result<PathBuf> {
-    match store {
-        Some(dir) => Ok(dir.to_path_buf()),
-        None => {
-            let dir = crate::engine::default_store_dir();
-            if !crate::engine::Snapshot::exists(&dir) {
-                build_default_store(&dir, model)?;
-            }
-            Ok(dir)
-        }
+/// The store to query: `store` when given, else the default store, built from the gazetteer on first use
+/// (`locate` and `serve` share this).
+pub fn open_or_build_default(store: Option<&Path>, model: &GeoModel) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = store {
+        return Ok(dir.to_path_buf());
     }
+    let dir = crate::engine::default_store_dir();
+    if !crate::engine::Snapshot::exists(&dir) {
+        build_default_store(&dir, model)?;
+    }
+    Ok(dir)
 }
 
 /// Reads support posts and binds them to `cities`; prints rejected lines and returns how many there were.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::index::{store_or_default, GeoModelArgs};
+use super::index::{open_or_build_default, GeoModelArgs};
 use super::input::{keep_posts, InputLine, PostReader, PostsInput};
 use super::open_output;
 use super::progress::{bulk_progress, rate_message};
@@ -225,7 +225,7 @@ pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
     let config = args.engine.config();
     config.validate()?;
     let model = Arc::new(args.model.load()?);
-    let store = store_or_default(args.store.as_deref(), &model)?;
+    let store = open_or_build_default(args.store.as_deref(), &model)?;
     tracing::info!(store = %store.display(), ?config, shard = ?args.shard, "locating");
     let engine = Engine::open(&store, model, config)?;
     let (mut reader, size) = PostReader::open(args.posts.input.as_deref(), args.posts.format)?;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::index::{store_or_default, GeoModelArgs};
+use super::index::{open_or_build_default, GeoModelArgs};
 use super::locate::EngineArgs;
 use crate::server::{self, ServerConfig, StoreSource};
 
@@ -97,7 +97,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<usize> {
     let store = args.store.clone();
     let loader: server::Loader = Box::new(move || {
         let model = Arc::new(model_args.load()?);
-        let store = store_or_default(store.as_deref(), &model)?;
+        let store = open_or_build_default(store.as_deref(), &model)?;
         Ok(StoreSource { model, store })
     });
     server::run(args.config(), loader)?;

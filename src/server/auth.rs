@@ -8,11 +8,11 @@
 
 use std::path::Path;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::middleware::Next;
-use actix_web::web;
+use actix_web::{web, ResponseError};
 
 use super::problem::ApiError;
 
@@ -126,12 +126,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub async fn require_api_key(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let access = req
         .app_data::<web::Data<WriteAccess>>()
         .map_or_else(WriteAccess::disabled, |a| a.get_ref().clone());
-    access.check(req.headers())?;
-    next.call(req).await
+    match access.check(req.headers()) {
+        Ok(()) => Ok(next.call(req).await?.map_into_left_body()),
+        Err(refused) => Ok(req
+            .into_response(refused.error_response())
+            .map_into_right_body()),
+    }
 }
 
 #[cfg(test)]
