@@ -12,4 +12,5 @@ pub mod geo;
 pub mod home;
 pub mod lines;
 pub mod model;
+pub mod server;
 pub mod train;

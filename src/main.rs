@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         Command::Locate(args) => cli::locate::run(args),
         Command::Train(args) => cli::train::run(args),
         Command::Eval(args) => cli::eval::run(args),
+        Command::Serve(args) => cli::serve::run(args),
     };
     match outcome {
         Ok(0) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod index;
 pub mod input;
 pub mod locate;
 pub mod progress;
+pub mod serve;
 pub mod train;
 
 use std::io::Write;
@@ -49,6 +50,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Run the K-shot benchmark protocol (train per K and seed, evaluate every rule).
     Eval(eval::EvalArgs),
+    /// Serve the REST API (locate, cities, health, metrics) over a store.
+    Serve(serve::ServeArgs),
 }
 
 /// Options shared by every command that loads the encoder.

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use contrastgeo_index::{IndexOptions, IndexStatus, PostId, Store, VectorIndex, VectorKind};
 
@@ -45,6 +45,9 @@ pub struct CityEntry {
 #[derive(Debug, Clone, Default)]
 pub struct CityCache {
     entries: HashMap<CityId, CityEntry>,
+    /// `(lowercase name, population, id)` sorted by name, then larger population first, then id; built on the
+    /// first name search.
+    names: OnceLock<Vec<(String, u64, CityId)>>,
 }
 
 impl CityCache {
@@ -85,7 +88,10 @@ impl CityCache {
                 "vectors without a stored city (or support post) are ignored"
             );
         }
-        Ok(Self { entries })
+        Ok(Self {
+            entries,
+            names: OnceLock::new(),
+        })
     }
 
     /// The city with this id and its vectors.
@@ -106,6 +112,33 @@ impl CityCache {
     /// Number of support vectors over all cities.
     pub fn support_count(&self) -> usize {
         self.entries.values().map(|e| e.supports.len()).sum()
+    }
+
+    /// Every city with its vectors, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &CityEntry> {
+        self.entries.values()
+    }
+
+    /// Up to `limit` cities whose name starts with `prefix`, ignoring case, in name order (a shared name:
+    /// larger population first, then id). An empty prefix lists every city in that order.
+    pub fn search_prefix(&self, prefix: &str, limit: usize) -> Vec<&City> {
+        let names = self.names.get_or_init(|| {
+            let mut names: Vec<(String, u64, CityId)> = self
+                .entries
+                .values()
+                .map(|e| (e.city.name.to_lowercase(), e.city.population, e.city.id))
+                .collect();
+            names.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+            names
+        });
+        let prefix = prefix.to_lowercase();
+        let start = names.partition_point(|(name, _, _)| name.as_str() < prefix.as_str());
+        names[start..]
+            .iter()
+            .take_while(|(name, _, _)| name.starts_with(&prefix))
+            .filter_map(|(_, _, id)| self.entries.get(id).map(|e| &e.city))
+            .take(limit)
+            .collect()
     }
 }
 
@@ -191,5 +224,68 @@ impl Snapshot {
     /// The cities with their vectors.
     pub fn cities(&self) -> &CityCache {
         &self.cities
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn city(id: CityId, name: &str, population: u64) -> City {
+        City {
+            id,
+            name: name.into(),
+            admin1: None,
+            country: "United States".into(),
+            country_code: "US".into(),
+            lat: 0.0,
+            lon: 0.0,
+            population,
+            alternate_names: Vec::new(),
+        }
+    }
+
+    fn cache(cities: &[City]) -> CityCache {
+        CityCache {
+            entries: cities
+                .iter()
+                .map(|c| {
+                    let entry = CityEntry {
+                        city: c.clone(),
+                        prompt: None,
+                        supports: Vec::new(),
+                    };
+                    (c.id, entry)
+                })
+                .collect(),
+            names: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn prefix_search_ignores_case_and_orders_by_name_then_population() {
+        let cache = cache(&[
+            city(1, "Springfield", 100),
+            city(2, "Springfield", 5000),
+            city(3, "Spokane", 200),
+            city(4, "Austin", 900),
+            city(5, "spring Hill", 10),
+            city(6, "Österreich", 1),
+        ]);
+        let ids = |prefix: &str, limit| -> Vec<CityId> {
+            cache
+                .search_prefix(prefix, limit)
+                .iter()
+                .map(|c| c.id)
+                .collect()
+        };
+        assert_eq!(ids("SPRING", 10), [5, 2, 1]);
+        assert_eq!(ids("sp", 2), [3, 5]);
+        assert_eq!(ids("springfield", 10), [2, 1]);
+        assert_eq!(ids("ö", 10), [6]);
+        assert_eq!(ids("Ö", 10), [6]);
+        assert!(ids("x", 10).is_empty());
+        assert_eq!(ids("", 3), [4, 3, 5]);
+        assert_eq!(ids("", 100).len(), 6);
     }
 }

@@ -1,0 +1,240 @@
+//! The route table and its handlers.
+//!
+//! Why one table: [`ROUTES`] is read both to register the actix resources ([`configure`]) and to write the
+//! OpenAPI document ([`super::openapi`]), so the served routes and the documented routes are the same list.
+//! Handlers are thin: parse (with [`super::api`]), call the service, answer or map the error.
+
+use std::collections::BTreeSet;
+
+use actix_web::http::header::{self, ContentType};
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::api::{self, CityDetail, CityList, CitySearch, Health, Readiness};
+use super::problem::ApiError;
+use super::service::AppState;
+
+/// What a route does; each has one handler and one OpenAPI operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `POST /v1/locate`: one post or a batch.
+    Locate,
+    /// `GET /v1/cities?q=&limit=`: prefix search by name.
+    SearchCities,
+    /// `GET /v1/cities/{id}`: one city.
+    GetCity,
+    /// `GET /healthz`: liveness.
+    Health,
+    /// `GET /readyz`: readiness.
+    Ready,
+    /// `GET /metrics`: Prometheus text.
+    Metrics,
+    /// `GET /openapi.json`: this API's description.
+    OpenApi,
+}
+
+/// One route: method, path (with `{param}` segments, as actix and OpenAPI both write them) and operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// HTTP method, upper case.
+    pub method: &'static str,
+    /// Path pattern.
+    pub path: &'static str,
+    /// What it does.
+    pub operation: Operation,
+}
+
+/// Every route the server answers.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "POST",
+        path: "/v1/locate",
+        operation: Operation::Locate,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/cities",
+        operation: Operation::SearchCities,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/cities/{id}",
+        operation: Operation::GetCity,
+    },
+    Route {
+        method: "GET",
+        path: "/healthz",
+        operation: Operation::Health,
+    },
+    Route {
+        method: "GET",
+        path: "/readyz",
+        operation: Operation::Ready,
+    },
+    Route {
+        method: "GET",
+        path: "/metrics",
+        operation: Operation::Metrics,
+    },
+    Route {
+        method: "GET",
+        path: "/openapi.json",
+        operation: Operation::OpenApi,
+    },
+];
+
+/// Registers one resource per path of [`ROUTES`], with a 405 problem for the methods it does not take.
+pub fn configure(config: &mut web::ServiceConfig) {
+    let paths: BTreeSet<&str> = ROUTES.iter().map(|r| r.path).collect();
+    for path in paths {
+        let mut resource = web::resource(path).default_service(web::to(method_not_allowed));
+        for route in ROUTES.iter().filter(|r| r.path == path) {
+            let method = Method::from_bytes(route.method.as_bytes()).unwrap_or(Method::GET);
+            let on = web::method(method);
+            resource = match route.operation {
+                Operation::Locate => resource.route(on.to(locate)),
+                Operation::SearchCities => resource.route(on.to(search_cities)),
+                Operation::GetCity => resource.route(on.to(get_city)),
+                Operation::Health => resource.route(on.to(health)),
+                Operation::Ready => resource.route(on.to(ready)),
+                Operation::Metrics => resource.route(on.to(metrics)),
+                Operation::OpenApi => resource.route(on.to(openapi)),
+            };
+        }
+        config.service(resource);
+    }
+}
+
+/// `POST /v1/locate`.
+async fn locate(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    api::require_json(req.headers())?;
+    let body = read_body(&req, payload, state.config().body_limit_bytes).await?;
+    let request = api::parse_locate(&body, state.limits())?;
+    let posts = match &request {
+        api::ParsedLocate::Single(_) => 1,
+        api::ParsedLocate::Batch(posts) => posts.len(),
+    };
+    state.metrics().observe_request_posts(posts);
+    let reply = state.ready()?.answer(request).await?;
+    Ok(HttpResponse::Ok().json(reply))
+}
+
+/// Reads the body up to `limit` bytes (refusing a larger declared length before reading).
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match payload.to_bytes_limited(limit).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => Err(ApiError::MalformedJson {
+            detail: format!("the body could not be read: {error}"),
+        }),
+        Err(_too_large) => Err(ApiError::PayloadTooLarge { limit }),
+    }
+}
+
+/// `GET /v1/cities?q=PREFIX&limit=N`.
+async fn search_cities(
+    state: web::Data<AppState>,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
+    let search = CitySearch::from_query(&query)?;
+    let snapshot = state.ready()?.engine().snapshot();
+    let cities = snapshot
+        .cities()
+        .search_prefix(&search.q, search.limit)
+        .into_iter()
+        .cloned()
+        .collect();
+    Ok(HttpResponse::Ok().json(CityList { cities }))
+}
+
+/// `GET /v1/cities/{id}`.
+async fn get_city(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = api::parse_city_id(&id)?;
+    let snapshot = state.ready()?.engine().snapshot();
+    let entry = snapshot
+        .cities()
+        .get(id)
+        .ok_or(ApiError::CityNotFound { id })?;
+    Ok(HttpResponse::Ok().json(CityDetail {
+        city: entry.city.clone(),
+        has_prompt: entry.prompt.is_some(),
+        support_posts: entry.supports.len(),
+    }))
+}
+
+/// `GET /healthz`: the process answers HTTP.
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// `GET /readyz`: 200 once the store and model are loaded, 503 before.
+async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let service = state.ready()?;
+    let snapshot = service.engine().snapshot();
+    Ok(HttpResponse::Ok().json(Readiness {
+        status: "ready".into(),
+        store: snapshot.dir().display().to_string(),
+        model: snapshot.model().config().model_id.clone(),
+        cities: snapshot.cities().len(),
+        read_only: service.read_only(),
+    }))
+}
+
+/// `GET /metrics`.
+async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let text = state.metrics().render().map_err(|e| ApiError::Internal {
+        detail: e.to_string(),
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}
+
+/// `GET /openapi.json`.
+async fn openapi(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(ContentType::json())
+        .body(state.openapi().to_string())
+}
+
+/// The default service of a known path: 405 with the methods it takes.
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let pattern = req.match_pattern().unwrap_or_default();
+    let allowed = ROUTES
+        .iter()
+        .filter(|r| r.path == pattern)
+        .map(|r| r.method.to_string())
+        .collect();
+    Err(ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.path().to_string(),
+        allowed,
+    })
+}
+
+/// The app's default service: 404 for any path outside [`ROUTES`].
+pub async fn route_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound {
+        path: req.path().to_string(),
+    })
+}

@@ -1,0 +1,225 @@
+//! The loaded service behind the handlers: the engine, the batcher in front of it, and the server's state
+//! before and after loading.
+//!
+//! Why: the socket is bound before the model and the store are loaded (loading the default store can take
+//! minutes the first time), so the state starts empty and `GET /readyz` answers 503 until the background
+//! loader installs a [`LocateService`]. Handlers only ask the state for the service and call it.
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use super::api::{
+    BatchItem, BatchLocateResponse, LocateReply, LocateRequest, LocatedPost, ParsedLocate,
+    RequestLimits,
+};
+use super::batcher::{BatchError, Batcher, SubmitError};
+use super::metrics::Metrics;
+use super::problem::ApiError;
+use super::replica::StoreReplica;
+use super::ServerConfig;
+use crate::engine::{Answer, Engine, EngineError};
+
+/// The engine behind its queue. Fields drop in order: the batcher (joining its thread) first, the store
+/// copy last.
+pub struct LocateService {
+    batcher: Batcher<Answer, EngineError>,
+    engine: Arc<Engine>,
+    read_only: bool,
+    retry_after_s: u64,
+    timeout: Duration,
+    _replica: Option<StoreReplica>,
+}
+
+impl LocateService {
+    /// Starts the batcher thread in front of `engine`.
+    pub fn start(
+        engine: Arc<Engine>,
+        replica: Option<StoreReplica>,
+        config: &ServerConfig,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let worker_engine = Arc::clone(&engine);
+        let batcher = Batcher::spawn(config.batcher(), metrics, move |texts: &[&str]| {
+            worker_engine.locate(texts)
+        })?;
+        Ok(Self {
+            batcher,
+            engine,
+            read_only: config.read_only,
+            retry_after_s: config.retry_after_s,
+            timeout: Duration::from_millis(config.request_timeout_ms),
+            _replica: replica,
+        })
+    }
+
+    /// The engine (for the city routes and readiness).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether this is a read-only replica.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Answers a parsed locate request: one post, or a batch where each bad post keeps its own problem.
+    pub async fn answer(&self, request: ParsedLocate) -> Result<LocateReply, ApiError> {
+        match request {
+            ParsedLocate::Single(post) => {
+                let answer = self.locate(vec![post.text.clone()]).await?.pop();
+                let answer = answer.ok_or_else(|| ApiError::Internal {
+                    detail: "the engine returned no answer".into(),
+                })?;
+                Ok(LocateReply::Single(LocatedPost::new(&post, answer)))
+            }
+            ParsedLocate::Batch(posts) => {
+                let texts: Vec<String> = posts
+                    .iter()
+                    .filter_map(|p| p.as_ref().ok())
+                    .map(|p| p.text.clone())
+                    .collect();
+                let mut answers = match texts.is_empty() {
+                    true => Vec::new(),
+                    false => self.locate(texts).await?,
+                }
+                .into_iter();
+                let results = posts
+                    .iter()
+                    .enumerate()
+                    .map(|(index, post)| batch_item(index, post, answers.next()))
+                    .collect();
+                Ok(LocateReply::Batch(BatchLocateResponse { results }))
+            }
+        }
+    }
+
+    /// Queues `texts` as one job and waits for their answers, within the request timeout.
+    async fn locate(&self, texts: Vec<String>) -> Result<Vec<Answer>, ApiError> {
+        let receiver = self.batcher.submit(texts).map_err(|e| match e {
+            SubmitError::Overloaded { queued, .. } => ApiError::Overloaded {
+                queued,
+                retry_after_s: self.retry_after_s,
+            },
+            SubmitError::Closed => ApiError::ShuttingDown,
+        })?;
+        match actix_web::rt::time::timeout(self.timeout, receiver).await {
+            Err(_elapsed) => Err(ApiError::Timeout {
+                timeout_ms: self.timeout.as_millis() as u64,
+            }),
+            Ok(Err(_dropped)) => Err(ApiError::ShuttingDown),
+            Ok(Ok(Err(BatchError::Failed(error)))) => Err(error.into()),
+            Ok(Ok(Err(BatchError::Worker(detail)))) => Err(ApiError::Internal { detail }),
+            Ok(Ok(Ok(answers))) => Ok(answers),
+        }
+    }
+
+    /// Refuses new work, finishes the queued work, stops the batcher thread.
+    pub fn shutdown(&self) {
+        self.batcher.shutdown();
+    }
+}
+
+/// The batch entry of post `index`: its answer (taken in order from the answers of the valid posts) or its
+/// problem.
+fn batch_item(
+    index: usize,
+    post: &Result<LocateRequest, ApiError>,
+    answer: Option<Answer>,
+) -> BatchItem {
+    match (post, answer) {
+        (Ok(post), Some(answer)) => BatchItem::Located(LocatedPost::new(post, answer)),
+        (Ok(_), None) => BatchItem::Problem(
+            ApiError::Internal {
+                detail: "the engine returned fewer answers than posts".into(),
+            }
+            .problem_at(index),
+        ),
+        (Err(error), _) => BatchItem::Problem(error.problem_at(index)),
+    }
+}
+
+/// What every handler shares: the configuration, the metrics, and the service once loaded.
+pub struct AppState {
+    config: ServerConfig,
+    limits: RequestLimits,
+    metrics: Arc<Metrics>,
+    openapi: String,
+    service: OnceLock<LocateService>,
+    load_error: Mutex<Option<String>>,
+}
+
+impl AppState {
+    /// The state of a server still loading.
+    pub fn new(config: ServerConfig, metrics: Arc<Metrics>, openapi: String) -> Self {
+        Self {
+            limits: config.limits(),
+            config,
+            metrics,
+            openapi,
+            service: OnceLock::new(),
+            load_error: Mutex::new(None),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The limits request bodies are checked against.
+    pub fn limits(&self) -> &RequestLimits {
+        &self.limits
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics, shared (for the batcher's observer).
+    pub fn metrics_arc(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The OpenAPI document, as served.
+    pub fn openapi(&self) -> &str {
+        &self.openapi
+    }
+
+    /// The service, or 503 while loading.
+    pub fn ready(&self) -> Result<&LocateService, ApiError> {
+        self.service.get().ok_or(ApiError::NotReady {
+            retry_after_s: self.config.retry_after_s,
+        })
+    }
+
+    /// Installs the loaded service (once; a second one is shut down and dropped).
+    pub fn set_ready(&self, service: LocateService) {
+        if let Err(extra) = self.service.set(service) {
+            extra.shutdown();
+        }
+    }
+
+    /// Records why loading failed.
+    pub fn set_load_error(&self, error: String) {
+        *self
+            .load_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
+
+    /// Why loading failed, if it did.
+    pub fn load_error(&self) -> Option<String> {
+        self.load_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops the service's batcher after the HTTP server has stopped.
+    pub fn shutdown(&self) {
+        if let Some(service) = self.service.get() {
+            service.shutdown();
+        }
+    }
+}
