@@ -1,6 +1,7 @@
 //! Labelled posts: reading them, turning them into encoder input, assigning them to cities, and the
 //! benchmark split with its K-shot sampler.
 
+pub mod ingest;
 pub mod split;
 
 use std::io::BufRead;

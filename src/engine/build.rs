@@ -75,7 +75,7 @@ pub fn build_index(
     check_inputs(cities, support)?;
     let staging = atomic_dir::sibling(dir, "building").map_err(io(dir))?;
     atomic_dir::remove_dir_if_present(&staging).map_err(io(&staging))?;
-    fill_store(&staging, model, cities, support, options, progress)?;
+    fill_store(&staging, model, cities, support, options, 0, progress)?;
     atomic_dir::sync_tree(&staging).map_err(io(&staging))?;
     atomic_dir::replace_dir(&staging, dir).map_err(io(dir))?;
     let report = BuildReport {
@@ -89,7 +89,7 @@ pub fn build_index(
     Ok(report)
 }
 
-fn check_inputs(cities: &[City], support: &[SupportPost]) -> Result<()> {
+pub(crate) fn check_inputs(cities: &[City], support: &[SupportPost]) -> Result<()> {
     if cities.is_empty() {
         return Err(EngineError::NoCities);
     }
@@ -113,13 +113,15 @@ fn check_inputs(cities: &[City], support: &[SupportPost]) -> Result<()> {
     Ok(())
 }
 
-/// Writes everything into a fresh store at `dir`; the index is closed when this returns.
-fn fill_store(
+/// Writes everything into a fresh index at `dir` and records `label_watermark` (the last label of the
+/// store's log it holds); the index is closed when this returns.
+pub(crate) fn fill_store(
     dir: &Path,
     model: &GeoModel,
     cities: &[City],
     support: &[SupportPost],
     options: IndexOptions,
+    label_watermark: u64,
     progress: &dyn Fn(BuildProgress),
 ) -> Result<()> {
     let index = VectorIndex::open(dir, &model.config().model_id, options)?;
@@ -174,6 +176,7 @@ fn fill_store(
     }
 
     report(BuildStage::Graph, 0, 1);
+    store.set_label_watermark(label_watermark)?;
     index.dump()?;
     store.flush()?;
     report(BuildStage::Graph, 1, 1);

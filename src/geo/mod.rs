@@ -231,7 +231,7 @@ struct CityRecord {
 }
 
 /// An id written as a JSON number or a string of digits.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum IdValue {
     /// `123`
