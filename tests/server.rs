@@ -1133,3 +1133,159 @@ fn the_binary_refuses_a_missing_store_with_the_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no index"), "{stderr}");
 }
+
+/// Checks `value` against a JSON Schema of the OpenAPI document (the subset schemars writes: `$ref`,
+/// `anyOf`/`oneOf`, `type`, `properties`, `required`, `items`, `minimum`, `minItems`). Objects are strict: a
+/// member the schema does not declare is an error.
+fn conforms(value: &Value, schema: &Value, document: &Value, at: &str) -> Result<(), String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        return conforms(
+            value,
+            &document["components"]["schemas"][name],
+            document,
+            at,
+        );
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(options) = schema[key].as_array() {
+            let failures: Vec<String> = options
+                .iter()
+                .filter_map(|option| conforms(value, option, document, at).err())
+                .collect();
+            return match failures.len() < options.len() {
+                true => Ok(()),
+                false => Err(format!("{at}: no {key} option fits: {failures:?}")),
+            };
+        }
+    }
+    let kinds: Vec<&str> = match &schema["type"] {
+        Value::String(kind) => vec![kind.as_str()],
+        Value::Array(kinds) => kinds.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let kind_of = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let kind = kind_of(value);
+    if !kinds.is_empty()
+        && !kinds.contains(&kind)
+        && !(kind == "integer" && kinds.contains(&"number"))
+    {
+        return Err(format!("{at}: a {kind}, the schema says {kinds:?}"));
+    }
+    if let (Some(minimum), Some(number)) = (schema["minimum"].as_f64(), value.as_f64()) {
+        if number < minimum {
+            return Err(format!("{at}: {number} is below {minimum}"));
+        }
+    }
+    match value {
+        Value::Object(members) => {
+            for required in schema["required"].as_array().into_iter().flatten() {
+                let name = required.as_str().unwrap();
+                if !members.contains_key(name) {
+                    return Err(format!("{at}: `{name}` is missing"));
+                }
+            }
+            if let Some(properties) = schema["properties"].as_object() {
+                for (name, member) in members {
+                    let property = properties
+                        .get(name)
+                        .ok_or_else(|| format!("{at}: `{name}` is not in the schema"))?;
+                    conforms(member, property, document, &format!("{at}.{name}"))?;
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(min) = schema["minItems"].as_u64() {
+                if (items.len() as u64) < min {
+                    return Err(format!("{at}: fewer than {min} items"));
+                }
+            }
+            for (i, item) in items.iter().enumerate() {
+                conforms(item, &schema["items"], document, &format!("{at}[{i}]"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[test]
+fn real_answers_conform_to_the_openapi_schemas() {
+    let base = shared();
+    let document: Value = serde_json::from_str(&server::openapi::document_text()).unwrap();
+    let check = |method: &str, path: &str, reply: &Reply| {
+        let content_type = reply.header("content-type").unwrap().to_string();
+        let schema = &document["paths"][path][method]["responses"][reply.status.to_string()]
+            ["content"][content_type.as_str()]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {path} {} ({content_type}) is not documented",
+            reply.status
+        );
+        conforms(&reply.json(), schema, &document, "$")
+            .unwrap_or_else(|e| panic!("{method} {path} {}: {e}\n{}", reply.status, reply.body));
+    };
+    let text = &store().queries[5].text;
+    let requests: Vec<(&str, &str, Reply)> = vec![
+        (
+            "post",
+            "/v1/locate",
+            post_json(
+                base,
+                "/v1/locate",
+                &json!({"text": text, "id": {"any": [1]}}),
+            ),
+        ),
+        (
+            "post",
+            "/v1/locate",
+            post_json(
+                base,
+                "/v1/locate",
+                &json!({"posts": [{"text": text}, {"text": ""}]}),
+            ),
+        ),
+        (
+            "post",
+            "/v1/locate",
+            post_json(base, "/v1/locate", &json!({"text": 1})),
+        ),
+        (
+            "post",
+            "/v1/locate",
+            post_json(base, "/v1/locate", &json!({"text": "a", "top_k": 99})),
+        ),
+        (
+            "post",
+            "/v1/locate",
+            post_with(&agent(), base, "/v1/locate", "text/csv", b"text\nhi"),
+        ),
+        ("get", "/v1/cities", get(base, "/v1/cities?q=a&limit=5")),
+        ("get", "/v1/cities", get(base, "/v1/cities?limit=-1")),
+        ("get", "/v1/cities/{id}", get(base, "/v1/cities/5809844")),
+        ("get", "/v1/cities/{id}", get(base, "/v1/cities/0")),
+        ("get", "/healthz", get(base, "/healthz")),
+        ("get", "/readyz", get(base, "/readyz")),
+        ("get", "/openapi.json", get(base, "/openapi.json")),
+    ];
+    for (method, path, reply) in &requests {
+        check(method, path, reply);
+    }
+    // The checker does catch a drifted answer.
+    let schema = &document["components"]["schemas"]["LocatedPost"];
+    let mut answer = requests[0].2.json();
+    assert!(conforms(&answer, schema, &document, "$").is_ok());
+    answer["surprise"] = json!(1);
+    assert!(conforms(&answer, schema, &document, "$").is_err());
+    answer.as_object_mut().unwrap().remove("surprise");
+    answer.as_object_mut().unwrap().remove("city_id");
+    assert!(conforms(&answer, schema, &document, "$").is_err());
+}

@@ -250,7 +250,17 @@ impl ApiError {
         match self {
             Self::WrongType { field, .. } | Self::InvalidValue { field, .. } => Some(field),
             Self::CityNotFound { .. } => Some("id"),
-            _ => None,
+            Self::MalformedJson { .. }
+            | Self::RouteNotFound { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::PayloadTooLarge { .. }
+            | Self::UnsupportedMediaType { .. }
+            | Self::Unauthorized { .. }
+            | Self::Overloaded { .. }
+            | Self::NotReady { .. }
+            | Self::ShuttingDown
+            | Self::Timeout { .. }
+            | Self::Internal { .. } => None,
         }
     }
 
