@@ -1289,3 +1289,48 @@ fn real_answers_conform_to_the_openapi_schemas() {
     answer.as_object_mut().unwrap().remove("city_id");
     assert!(conforms(&answer, schema, &document, "$").is_err());
 }
+
+#[test]
+fn start_up_refuses_a_taken_port_an_empty_key_file_and_bad_limits() {
+    let taken = shared().trim_start_matches("http://").parse().unwrap();
+    let no_loader = || -> server::Loader { Box::new(|| anyhow::bail!("never loaded")) };
+    let error = server::start(
+        ServerConfig {
+            bind: taken,
+            ..test_config()
+        },
+        no_loader(),
+        Signals::Ignore,
+    )
+    .err()
+    .expect("the port is taken");
+    assert!(error.to_string().contains(&taken.to_string()), "{error}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key");
+    std::fs::write(&key, "\n \n").unwrap();
+    let error = server::start(
+        ServerConfig {
+            read_only: false,
+            api_key_file: Some(key),
+            ..test_config()
+        },
+        no_loader(),
+        Signals::Ignore,
+    )
+    .err()
+    .expect("an empty key file");
+    assert!(error.to_string().contains("empty"), "{error}");
+
+    let error = server::start(
+        ServerConfig {
+            batch_limit: 2000,
+            ..test_config()
+        },
+        no_loader(),
+        Signals::Ignore,
+    )
+    .err()
+    .expect("a batch larger than the queue");
+    assert!(error.to_string().contains("queue_capacity"), "{error}");
+}
