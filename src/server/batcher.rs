@@ -390,7 +390,7 @@ mod tests {
     #[test]
     fn jobs_arriving_within_the_wait_share_one_batch_up_to_the_post_budget() {
         let recorder = Arc::new(Recorder::default());
-        let batcher = Batcher::spawn(config(100, 5, 200), recorder.clone(), upper).unwrap();
+        let batcher = Batcher::spawn(config(100, 4, 1000), recorder.clone(), upper).unwrap();
         let receivers: Vec<_> = (0..4)
             .map(|i| batcher.submit(strings(&[&format!("p{i}"), "x"])).unwrap())
             .collect();
@@ -400,7 +400,9 @@ mod tests {
                 [format!("P{i}"), "X".into()]
             );
         }
-        // 8 posts with a 5-post budget: two jobs (4 posts) fit, the third would make 6.
+        // 8 posts with a 4-post budget: two jobs fill a batch (no waiting once full), the third would make 6.
+        // (Shutting down joins the worker, so its last batch is recorded.)
+        batcher.shutdown();
         let batches = recorder.batches.lock().unwrap().clone();
         assert_eq!(batches, [(4, 2), (4, 2)], "{batches:?}");
     }
@@ -415,6 +417,7 @@ mod tests {
         let short = batcher.submit(strings(&["tiny", "post"])).unwrap();
         assert_eq!(long.blocking_recv().unwrap().unwrap(), ["A VERY LONG POST"]);
         assert_eq!(short.blocking_recv().unwrap().unwrap(), ["TINY", "POST"]);
+        batcher.shutdown();
         assert_eq!(*recorder.batches.lock().unwrap(), [(1, 1), (2, 1)]);
     }
 
@@ -463,8 +466,9 @@ mod tests {
     fn a_failing_job_gets_its_error_and_its_batch_neighbours_their_results() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&calls);
+        // The three jobs (4 posts) fill one batch; the long wait only covers a very slow test machine.
         let batcher = Batcher::spawn(
-            config(100, 64, 100),
+            config(100, 4, 2000),
             Arc::new(NoObserver),
             move |texts: &[&str]| {
                 counted.fetch_add(1, Ordering::SeqCst);
