@@ -48,7 +48,6 @@ use api::RequestLimits;
 use auth::WriteAccess;
 use batcher::BatcherConfig;
 use metrics::Metrics;
-use problem::ApiError;
 use replica::StoreReplica;
 use service::{AppState, LocateService};
 
@@ -312,19 +311,7 @@ fn serve(
                 .app_data(app_state.clone())
                 .app_data(app_metrics.clone())
                 .app_data(web::Data::new(write_access.clone()))
-                .app_data(web::PayloadConfig::new(body_limit))
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(body_limit)
-                        .error_handler(|e, _| ApiError::from_json_payload(e).into()),
-                )
-                .app_data(
-                    web::QueryConfig::default()
-                        .error_handler(|e, _| ApiError::from_query(e).into()),
-                )
-                .app_data(
-                    web::PathConfig::default().error_handler(|e, _| ApiError::from_path(e).into()),
-                )
+                .configure(|config| problem::extractor_errors_as_problems(config, body_limit))
                 .wrap(ErrorHandlers::new().default_handler(problem::plain_errors_to_problems))
                 .wrap(from_fn(metrics::record))
                 .configure(routes::configure)
