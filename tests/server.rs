@@ -1174,10 +1174,10 @@ fn conforms(value: &Value, schema: &Value, document: &Value, at: &str) -> Result
         Value::Object(_) => "object",
     };
     let kind = kind_of(value);
-    if !kinds.is_empty()
-        && !kinds.contains(&kind)
-        && !(kind == "integer" && kinds.contains(&"number"))
-    {
+    let fits = kinds.is_empty()
+        || kinds.contains(&kind)
+        || (kind == "integer" && kinds.contains(&"number"));
+    if !fits {
         return Err(format!("{at}: a {kind}, the schema says {kinds:?}"));
     }
     if let (Some(minimum), Some(number)) = (schema["minimum"].as_f64(), value.as_f64()) {
