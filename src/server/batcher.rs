@@ -182,32 +182,24 @@ impl<R: Send + 'static, E: Send + 'static> Batcher<R, E> {
 
     /// Refuses new jobs, lets the worker finish the queued ones, and waits for it to exit. Idempotent.
     pub fn shutdown(&self) {
-        self.shared.lock().closed = true;
-        self.shared.arrived.notify_all();
-        let worker = self
-            .worker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(worker) = worker {
-            if worker.join().is_err() {
-                tracing::error!("the batcher thread panicked");
-            }
-        }
+        close_and_join(&self.shared, &self.worker);
     }
 }
 
 impl<R, E> Drop for Batcher<R, E> {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.arrived.notify_all();
-        let worker = self
-            .worker
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(worker) = worker {
-            let _ = worker.join();
+        close_and_join(&self.shared, &self.worker);
+    }
+}
+
+/// Refuses new jobs, wakes the worker and waits for it to drain the queue and exit. Idempotent.
+fn close_and_join<R, E>(shared: &Shared<R, E>, worker: &Mutex<Option<JoinHandle<()>>>) {
+    shared.lock().closed = true;
+    shared.arrived.notify_all();
+    let worker = worker.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(worker) = worker {
+        if worker.join().is_err() {
+            tracing::error!("the batcher thread panicked");
         }
     }
 }
