@@ -132,6 +132,9 @@ pub enum ServeError {
     /// The model or the store could not be loaded.
     #[error("cannot load the model and store: {0}")]
     Load(String),
+    /// A thread of the server died (a bug).
+    #[error("{0}")]
+    Thread(String),
     /// The metrics registry refused a metric (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -222,7 +225,7 @@ impl RunningServer {
     pub fn wait(self) -> Result<(), ServeError> {
         self.thread
             .join()
-            .unwrap_or_else(|_| Err(ServeError::Load("the server thread panicked".into())))
+            .unwrap_or_else(|_| Err(ServeError::Thread("the server thread panicked".into())))
     }
 
     /// Stops the server (gracefully: in-flight requests finish) and waits for it.
@@ -244,14 +247,7 @@ pub fn start(
     signals: Signals,
 ) -> Result<RunningServer, ServeError> {
     config.validate()?;
-    let write_access = match (&config.api_key_file, config.read_only) {
-        (Some(path), false) => WriteAccess::from_file(path)?,
-        (Some(_), true) => {
-            tracing::warn!("--api-key-file is ignored: a read-only replica has no write routes");
-            WriteAccess::disabled()
-        }
-        (None, _) => WriteAccess::disabled(),
-    };
+    let write_access = write_access(&config)?;
     tracing::info!(
         config = %serde_json::to_string(&config).unwrap_or_default(),
         writes = if write_access.is_enabled() { "need the API key" } else { "disabled" },
@@ -275,10 +271,11 @@ pub fn start(
         Ok(started) => started.map_err(start_error)?,
         Err(_) => {
             return Err(thread.join().map_or_else(
-                |_| ServeError::Load("the server thread panicked".into()),
+                |_| ServeError::Thread("the server thread panicked".into()),
                 |r| {
-                    r.err()
-                        .unwrap_or(ServeError::Load("the server stopped at start".into()))
+                    r.err().unwrap_or(ServeError::Thread(
+                        "the server thread stopped before binding".into(),
+                    ))
                 },
             ))
         }
@@ -293,6 +290,18 @@ pub fn start(
         addr,
         handle,
         thread,
+    })
+}
+
+/// Who may call write routes: the key of `--api-key-file`, or nobody (no key file, or a read-only replica).
+fn write_access(config: &ServerConfig) -> Result<WriteAccess, ServeError> {
+    Ok(match (&config.api_key_file, config.read_only) {
+        (Some(path), false) => WriteAccess::from_file(path)?,
+        (Some(_), true) => {
+            tracing::warn!("--api-key-file is ignored: a read-only replica has no write routes");
+            WriteAccess::disabled()
+        }
+        (None, _) => WriteAccess::disabled(),
     })
 }
 
