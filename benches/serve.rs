@@ -9,7 +9,8 @@
 //! - `CONTRASTGEO_BENCH_POSTS`: the posts to send, JSONL with `text` (default: the fixture posts not in the
 //!   fixture store);
 //! - `CONTRASTGEO_BENCH_SECONDS`: duration of each concurrency level (default 10);
-//! - `CONTRASTGEO_BENCH_CONCURRENCY`: the levels (default `1,8,32`).
+//! - `CONTRASTGEO_BENCH_CONCURRENCY`: the levels (default `1,8,32`);
+//! - `CONTRASTGEO_BENCH_MAX_WAIT_MS`: the server's `max_batch_wait_ms` (default: the server's default).
 //!
 //! The server runs in this process (read-only, so it serves a private copy and the bulk engine opens the
 //! original), with its default configuration; clients are plain threads with keep-alive connections.
@@ -224,8 +225,13 @@ fn main() {
     let config = ServerConfig {
         bind: "127.0.0.1:0".parse().expect("an address"),
         read_only: true,
+        max_batch_wait_ms: env_or(
+            "CONTRASTGEO_BENCH_MAX_WAIT_MS",
+            ServerConfig::default().max_batch_wait_ms,
+        ),
         ..ServerConfig::default()
     };
+    let config_wait = config.max_batch_wait_ms;
     let source_model = Arc::clone(&model);
     let source_store = store.clone();
     let loader: server::Loader = Box::new(move || {
