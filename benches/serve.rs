@@ -257,7 +257,7 @@ fn main() {
     }
     let posts = Arc::new(posts);
     println!(
-        "store: {which}; {} posts; {seconds} s per level",
+        "store: {which}; {} posts; {seconds} s per level; max batch wait {config_wait} ms",
         posts.len()
     );
     // Warm-up: caches, the allocator, the HTTP connection pool.
