@@ -10,7 +10,8 @@
 //!   fixture store);
 //! - `CONTRASTGEO_BENCH_SECONDS`: duration of each concurrency level (default 10);
 //! - `CONTRASTGEO_BENCH_CONCURRENCY`: the levels (default `1,8,32`);
-//! - `CONTRASTGEO_BENCH_MAX_WAIT_MS`: the server's `max_batch_wait_ms` (default: the server's default).
+//! - `CONTRASTGEO_BENCH_MAX_WAIT_MS`: the server's `max_batch_wait_ms` (default: the server's default);
+//! - `CONTRASTGEO_BENCH_BULK_CHUNK`: posts per bulk `Engine::locate` call (default 256, as `locate`).
 //!
 //! The server runs in this process (read-only, so it serves a private copy and the bulk engine opens the
 //! original), with its default configuration; clients are plain threads with keep-alive connections.
@@ -176,13 +177,13 @@ fn load(base: &str, posts: &Arc<Vec<String>>, clients: usize, seconds: f64) -> L
     }
 }
 
-/// Bulk `Engine::locate` over `posts` in chunks of 256 (as `locate` does), repeated for at least `seconds`.
-fn bulk(engine: &Engine, posts: &[String], seconds: f64) -> f64 {
+/// Bulk `Engine::locate` over `posts` in chunks of `chunk` posts, repeated for at least `seconds`.
+fn bulk(engine: &Engine, posts: &[String], chunk: usize, seconds: f64) -> f64 {
     let texts: Vec<&str> = posts.iter().map(String::as_str).collect();
     let started = Instant::now();
     let mut located = 0usize;
     while started.elapsed().as_secs_f64() < seconds {
-        for chunk in texts.chunks(256) {
+        for chunk in texts.chunks(chunk) {
             engine.locate(chunk).expect("bulk locate");
             located += chunk.len();
         }
@@ -276,8 +277,9 @@ fn main() {
         measured.push((clients, rate));
     }
     let engine = Engine::open(&store, model, EngineConfig::default()).expect("open the store");
-    let bulk_rate = bulk(&engine, &posts, seconds);
-    println!("bulk Engine::locate (chunks of 256): {bulk_rate:.1} posts/s");
+    let chunk = env_or("CONTRASTGEO_BENCH_BULK_CHUNK", 256usize).max(1);
+    let bulk_rate = bulk(&engine, &posts, chunk, seconds);
+    println!("bulk Engine::locate (chunks of {chunk}): {bulk_rate:.1} posts/s");
     for (clients, rate) in measured {
         println!(
             "server at {clients} clients / bulk: {:.2}",
