@@ -13,8 +13,17 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 const POSTS: usize = 1_000;
 
 fn sample_posts() -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/posts.jsonl");
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // The benchmark directory: $CONTRASTGEO_BENCHMARK_DATA, else ../shared/data beside the checkout.
+    let dir = std::env::var_os("CONTRASTGEO_BENCHMARK_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let path = dir.join("posts.jsonl");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; this benchmark reads real posts: set CONTRASTGEO_BENCHMARK_DATA to the benchmark directory",
+            path.display()
+        )
+    });
     std::io::BufReader::new(file)
         .lines()
         .take(POSTS)

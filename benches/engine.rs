@@ -126,8 +126,17 @@ impl Sizes {
     }
 }
 
+/// The benchmark directory: `$CONTRASTGEO_BENCHMARK_DATA`, else `../shared/data` beside the checkout.
 fn shared_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+    let dir = std::env::var_os("CONTRASTGEO_BENCHMARK_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    assert!(
+        dir.join("posts.jsonl").is_file(),
+        "{}: no posts.jsonl; this benchmark reads the labelled benchmark: set CONTRASTGEO_BENCHMARK_DATA",
+        dir.display()
+    );
+    dir
 }
 
 /// A store of the 60 benchmark cities with a few support posts each, opened by an engine, and held-out test

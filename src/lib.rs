@@ -3,11 +3,14 @@
 //! Data flows one way: text -> tokens -> embedding -> candidates -> rerank -> answer. Each step has one
 //! owner: [`model`] turns text into embeddings.
 
+pub mod atomic_dir;
 pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod eval;
 pub mod geo;
+pub mod home;
+pub mod lines;
 pub mod model;
 pub mod server;
 pub mod train;

@@ -22,8 +22,8 @@ fn embed_reports_bad_lines_with_their_numbers_and_embeds_the_rest() {
     input.extend_from_slice(b"\n");
     let (code, stdout, stderr) = run_embed(&input, &[]);
     assert_eq!(
-        code, 2,
-        "rejected lines must give exit code 2; stderr: {stderr}"
+        code, 3,
+        "rejected lines must give exit code 3; stderr: {stderr}"
     );
     let (records, lines) = common::jsonl_records(&stdout);
     assert_eq!(lines, vec![1, 5, 7]);

@@ -1,18 +1,17 @@
-//! The query path end to end: a real model, a real sled + HNSW store in a temporary directory, the 60
-//! benchmark cities and a few of their support posts (read from `../shared/data`, never copied).
+//! The query path end to end: a real model, a real sled + HNSW store in a temporary directory, the project's
+//! 20 fixture cities and a few of their made-up support posts (`tests/fixtures/engine_*.jsonl`).
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use contrastgeo::data::{read_labelled_posts, split::Split, LabelledPost};
 use contrastgeo::engine::{Engine, EngineConfig, EngineError, Snapshot};
 use contrastgeo::geo::{City, CityTable};
 use contrastgeo::model::{GeoModel, GeoModelConfig};
-use contrastgeo_index::{SupportPost, VectorIndex, VectorKind, VectorMeta};
+use contrastgeo_index::SupportPost;
 
 /// The base model (zero-shot, untrained head) on the CPU, shared by the tests.
 fn model() -> Arc<GeoModel> {
@@ -31,43 +30,12 @@ fn model() -> Arc<GeoModel> {
 
 fn cities() -> &'static CityTable {
     static CITIES: OnceLock<CityTable> = OnceLock::new();
-    CITIES.get_or_init(|| {
-        CityTable::read_jsonl(&common::shared_data().join("cities.jsonl")).expect("cities.jsonl")
-    })
+    CITIES.get_or_init(common::fixture_cities)
 }
 
-fn benchmark_posts() -> &'static Vec<LabelledPost> {
-    static POSTS: OnceLock<Vec<LabelledPost>> = OnceLock::new();
-    POSTS.get_or_init(|| {
-        read_labelled_posts(&common::shared_data().join("posts.jsonl"))
-            .expect("posts.jsonl")
-            .posts
-    })
-}
-
-/// The first two support posts (by the benchmark split) of every city.
+/// The first two fixture posts of every city (both name their city).
 fn support_posts() -> Vec<SupportPost> {
-    let split = Split::read(&common::shared_data().join("split.json")).expect("split.json");
-    let by_id: HashMap<&str, &LabelledPost> = benchmark_posts()
-        .iter()
-        .filter_map(|p| p.id.as_deref().map(|id| (id, p)))
-        .collect();
-    let mut support = Vec::new();
-    for (city, city_split) in &split.cities {
-        support.extend(
-            city_split
-                .support
-                .iter()
-                .filter_map(|id| by_id.get(id.as_str()))
-                .take(2)
-                .map(|post| SupportPost {
-                    text: post.text.clone(),
-                    city: *city,
-                    source: "posts.jsonl".into(),
-                }),
-        );
-    }
-    support
+    common::fixture_support(2)
 }
 
 fn build(dir: &Path, model: &GeoModel, cities: &[City], support: &[SupportPost]) -> f64 {
@@ -85,10 +53,10 @@ fn build(dir: &Path, model: &GeoModel, cities: &[City], support: &[SupportPost])
 }
 
 const QUERIES: [&str; 4] = [
-    "Just landed in Des Moines, Iowa",
-    "Walking along the river in Little Rock tonight",
-    "Go Huskers! Memorial Stadium in Lincoln is loud",
-    "Can't believe the traffic on I-35 this morning",
+    "Just landed in Denver, Colorado",
+    "Deep dish pizza on the river walk in Chicago tonight",
+    "Go Raptors! The arena in Toronto is loud",
+    "Can't believe the traffic this morning",
 ];
 
 #[test]
@@ -106,11 +74,15 @@ fn build_then_locate_names_the_city_with_a_shortlist_and_reopens_identically() {
     let engine = Engine::open(&store, model(), EngineConfig::default()).unwrap();
     let answers = engine.locate(&QUERIES).unwrap();
     assert_eq!(answers.len(), QUERIES.len());
-    assert_eq!(answers[0].name, "Des Moines", "{:?}", answers[0].top_k);
-    assert_eq!(answers[1].name, "Little Rock", "{:?}", answers[1].top_k);
-    // Zero-shot prompts with two random supports per city: a city's name is a strong cue, not a sure one.
+    assert_eq!(answers[0].name, "Denver", "{:?}", answers[0].top_k);
+    // Zero-shot prompts with two supports per city: a city's name is a strong cue, not a sure one.
     assert!(
-        answers[2].top_k[..3].iter().any(|c| c.name == "Lincoln"),
+        answers[1].top_k[..3].iter().any(|c| c.name == "Chicago"),
+        "{:?}",
+        answers[1].top_k
+    );
+    assert!(
+        answers[2].top_k[..3].iter().any(|c| c.name == "Toronto"),
         "{:?}",
         answers[2].top_k
     );
@@ -124,7 +96,7 @@ fn build_then_locate_names_the_city_with_a_shortlist_and_reopens_identically() {
         let ids: HashSet<u64> = answer.top_k.iter().map(|c| c.city_id).collect();
         assert_eq!(ids.len(), 10, "a city appears twice in the shortlist");
         for candidate in &answer.top_k {
-            // Every benchmark city has prompts and supports: the weighted mean is used.
+            // Every fixture city has prompts and supports: the weighted mean is used.
             let (p, s) = (
                 candidate.prompt_similarity.unwrap(),
                 candidate.support_similarity.unwrap(),
@@ -153,18 +125,18 @@ fn build_then_locate_names_the_city_with_a_shortlist_and_reopens_identically() {
     assert_eq!(reopened.locate(&QUERIES).unwrap(), answers);
 
     // A snapshot swap changes what new queries see; the old generation stays usable.
-    let other = tmp.path().join("no-des-moines");
+    let other = tmp.path().join("no-denver");
     let fewer: Vec<City> = cities()
         .cities()
         .iter()
-        .filter(|c| c.name != "Des Moines")
+        .filter(|c| c.name != "Denver")
         .cloned()
         .collect();
     build(&other, &model(), &fewer, &[]);
     let old = reopened
         .swap(Snapshot::open(&other, model(), EngineConfig::default().index_options()).unwrap());
     let swapped = reopened.locate(&QUERIES[..1]).unwrap();
-    assert_ne!(swapped[0].name, "Des Moines");
+    assert_ne!(swapped[0].name, "Denver");
     assert!(
         swapped[0].evidence.is_empty(),
         "the new store has no supports"
@@ -277,60 +249,6 @@ fn the_tlm_rerank_scores_every_shortlisted_city_and_batching_does_not_change_ans
     }
 }
 
-#[test]
-fn hnsw_recall_at_10_against_exact_search_on_real_post_embeddings() {
-    let posts: Vec<&LabelledPost> = benchmark_posts().iter().step_by(19).take(2000).collect();
-    assert_eq!(posts.len(), 2000);
-    let texts: Vec<&str> = posts.iter().map(|p| p.text.as_str()).collect();
-    let started = Instant::now();
-    let vectors = model().post_encoder().embed(&texts).unwrap();
-    eprintln!(
-        "embedded 2000 posts in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    let (stored, queries) = vectors.split_at(1800);
-    let tmp = tempfile::tempdir().unwrap();
-    let index = VectorIndex::open(
-        tmp.path(),
-        "recall-test",
-        EngineConfig::default().index_options(),
-    )
-    .unwrap();
-    let rows: Vec<(VectorMeta, Vec<f32>)> = stored
-        .iter()
-        .zip(&posts)
-        .map(|(v, p)| {
-            let meta = VectorMeta {
-                city: p.city_id.unwrap_or(0),
-                kind: VectorKind::Support,
-                post: None,
-            };
-            (meta, v.clone())
-        })
-        .collect();
-    index.insert(&rows).unwrap();
-    let mut found = 0usize;
-    for query in queries {
-        let approx: HashSet<u64> = index
-            .search(query, 10)
-            .unwrap()
-            .iter()
-            .map(|n| n.vector_id)
-            .collect();
-        let exact = index.exact_search(query, 10).unwrap();
-        found += exact
-            .iter()
-            .filter(|n| approx.contains(&n.vector_id))
-            .count();
-    }
-    let recall = found as f64 / (10 * queries.len()) as f64;
-    eprintln!(
-        "HNSW recall@10 = {recall:.4} over {} queries",
-        queries.len()
-    );
-    assert!(recall >= 0.95, "recall@10 {recall}");
-}
-
 fn reported(stderr: &str, prefix: &str) -> String {
     stderr
         .lines()
@@ -348,13 +266,13 @@ fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
     std::fs::write(
         &support,
         concat!(
-            "{\"text\": \"Cyclones win again, Jack Trice was rocking\", \"city_id\": \"4846834\"}\n",
+            "{\"text\": \"Skyway lunch then a Twins game, Minnesota summer at its best\", \"city_id\": \"5037649\"}\n",
             "{\"text\": \"no place for this one\"}\n",
-            "{\"text\": \"Sunset over the Missouri from the Old Market\", \"city_id\": 5074472}\n",
+            "{\"text\": \"Voodoo Doughnut line in the rain, naturally\", \"city_id\": 5746545}\n",
         ),
     )
     .unwrap();
-    let cities = common::shared_data().join("cities.jsonl");
+    let cities = common::fixture("engine_cities.jsonl");
     let (code, _, stderr) = common::run_contrastgeo(
         &[
             "index",
@@ -371,38 +289,38 @@ fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
         b"",
     );
     assert_eq!(
-        code, 2,
-        "a rejected support line gives exit code 2: {stderr}"
+        code, 3,
+        "a rejected support line gives exit code 3: {stderr}"
     );
     assert!(reported(&stderr, &format!("{}:2:", support.display())).contains("city_id"));
     assert!(
-        stderr.contains("indexed 60 cities and 2 support posts"),
+        stderr.contains("indexed 20 cities and 2 support posts"),
         "{stderr}"
     );
 
     let mut input = Vec::new();
-    input.extend_from_slice(b"Just landed in Des Moines, Iowa\n");
+    input.extend_from_slice(b"Just landed in Denver, Colorado\n");
     input.extend_from_slice(b"\n");
     input.extend_from_slice(
-        b"{\"id\": \"p3\", \"text\": \"Cyclones win again, Jack Trice was rocking\"}\n",
+        b"{\"id\": \"p3\", \"text\": \"Skyway lunch then a Twins game, Minnesota summer at its best\"}\n",
     );
     input.extend_from_slice(b"{broken json\n");
     input.extend_from_slice(b"bad \xff\xfe utf8\n");
     input.extend_from_slice(b"{\"id\": 6, \"text\": 42}\n");
-    input.extend_from_slice(b"Go Huskers! Memorial Stadium in Lincoln is loud\n");
+    input.extend_from_slice(b"Go Suns! The whole of Phoenix is loud tonight\n");
     let (code, stdout, stderr) =
         common::run_contrastgeo(&["locate", "--store", store_arg, "--device", "cpu"], &input);
-    assert_eq!(code, 2, "rejected lines give exit code 2: {stderr}");
+    assert_eq!(code, 3, "rejected lines give exit code 3: {stderr}");
     let (records, lines) = common::jsonl_records(&stdout);
     assert_eq!(lines, vec![1, 3, 7]);
-    assert_eq!(records[0]["name"], "Des Moines");
+    assert_eq!(records[0]["name"], "Denver");
     assert_eq!(records[1]["id"], "p3");
-    assert_eq!(records[1]["name"], "Ames");
+    assert_eq!(records[1]["name"], "Minneapolis");
     assert_eq!(
         records[1]["evidence"][0]["text"],
-        "Cyclones win again, Jack Trice was rocking"
+        "Skyway lunch then a Twins game, Minnesota summer at its best"
     );
-    assert_eq!(records[2]["name"], "Lincoln");
+    assert_eq!(records[2]["name"], "Phoenix");
     assert_eq!(records[2]["top_k"].as_array().unwrap().len(), 10);
     for (line, why) in [
         (2, "empty"),
@@ -419,7 +337,7 @@ fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
             "locate", "--store", store_arg, "--device", "cpu", "--shard", "1/2",
             "--output-format", "csv", "--top-k", "3",
         ],
-        b"a\nJust landed in Des Moines, Iowa\nb\n{\"id\": \"x,1\", \"text\": \"Go Huskers!\"}\nc\nOld Market, Omaha\n",
+        b"a\nJust landed in Denver, Colorado\nb\n{\"id\": \"x,1\", \"text\": \"Go Suns!\"}\nc\nVoodoo Doughnut, Portland, Oregon\n",
     );
     assert_eq!(code, 0, "{stderr}");
     let rows: Vec<&str> = stdout.lines().collect();
@@ -429,19 +347,19 @@ fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
     );
     assert_eq!(rows.len(), 4, "{stdout}");
     assert!(
-        rows[1].starts_with("2,,4853828,Des Moines,Iowa,United States,"),
+        rows[1].starts_with("2,,5419384,Denver,Colorado,United States,"),
         "{}",
         rows[1]
     );
     assert!(rows[2].starts_with("4,\"x,1\","), "{}", rows[2]);
-    assert!(rows[3].starts_with("6,,5074472,Omaha,"), "{}", rows[3]);
+    assert!(rows[3].starts_with("6,,5746545,Portland,"), "{}", rows[3]);
 
     // A CSV file is read as a table by its extension: the `text` column, the `id` column, true line numbers
     // (the header is line 1; a quoted text spans lines 3-4) and a short record reported by its line.
     let table = tmp.path().join("posts.csv");
     std::fs::write(
         &table,
-        "id,text\r\nq1,\"Just landed in Des Moines, Iowa\"\r\nq2,\"Old Market,\r\nOmaha\"\r\nq3\r\n",
+        "id,text\r\nq1,\"Just landed in Denver, Colorado\"\r\nq2,\"Voodoo Doughnut,\r\nPortland, Oregon\"\r\nq3\r\n",
     )
     .unwrap();
     let (code, stdout, stderr) = common::run_contrastgeo(
@@ -458,16 +376,12 @@ fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
         ],
         b"",
     );
-    assert_eq!(code, 2, "the short record is rejected: {stderr}");
+    assert_eq!(code, 3, "the short record is rejected: {stderr}");
     assert!(reported(&stderr, "line 5: ").contains("no `text` column"));
     let rows: Vec<&str> = stdout.lines().collect();
     assert_eq!(rows.len(), 3, "{stdout}");
-    assert!(
-        rows[1].starts_with("2,q1,4853828,Des Moines,"),
-        "{}",
-        rows[1]
-    );
-    assert!(rows[2].starts_with("3,q2,5074472,Omaha,"), "{}", rows[2]);
+    assert!(rows[1].starts_with("2,q1,5419384,Denver,"), "{}", rows[1]);
+    assert!(rows[2].starts_with("3,q2,5746545,Portland,"), "{}", rows[2]);
 
     // Another model's settings change its id: the store refuses it and says how to fix it.
     let (code, _, stderr) = common::run_contrastgeo(
@@ -480,7 +394,7 @@ fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
             "--max-length",
             "64",
         ],
-        b"Just landed in Des Moines, Iowa\n",
+        b"Just landed in Denver, Colorado\n",
     );
     assert_eq!(code, 1);
     assert!(stderr.contains("rebuild the index"), "{stderr}");

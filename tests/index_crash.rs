@@ -1,6 +1,7 @@
 //! Crash safety of `contrastgeo index build`: a build killed half-way (SIGKILL, no chance to clean up) leaves
 //! the previous store answering queries, and its leftover staging directory does not stop the next build.
-//! Runs the real binary on the 60 benchmark cities and their posts in `../shared/data` (read in place).
+//! Runs the real binary on the project's 20 fixture cities; the build that is killed indexes the whole
+//! gazetteer (`tools/setup.sh` fetches it), which takes minutes.
 
 mod common;
 
@@ -18,13 +19,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the killed build writes before it is killed.
 const WRITE_TIME: Duration = Duration::from_millis(1500);
 
-fn shared(name: &str) -> PathBuf {
-    common::shared_data().join(name)
-}
-
 /// Runs `contrastgeo index build` into `store` to the end; returns its stderr.
 fn build(store: &Path, support: Option<&Path>) -> String {
-    let cities = shared("cities.jsonl");
+    let cities = common::fixture("engine_cities.jsonl");
     let mut args = vec![
         "index",
         "build",
@@ -65,16 +62,13 @@ fn locate_with_binary(store: &Path, queries: &str) -> Vec<String> {
         .collect()
 }
 
-/// Starts a build of the benchmark cities with every benchmark post as support (minutes of embedding) into
+/// Starts a build of every gazetteer city's prompt (minutes of embedding) into
 /// `store`, waits until it has been writing its staging store for [`WRITE_TIME`], and SIGKILLs it. Returns
 /// the staging directory it left behind.
 fn start_and_kill_a_big_build(store: &Path, log: &Path) -> PathBuf {
-    let cities = shared("cities.jsonl");
-    let posts = shared("posts.jsonl");
     let mut child = Command::new(env!("CARGO_BIN_EXE_contrastgeo"))
         .args(["index", "build", "--store", store.to_str().unwrap()])
-        .args(["--cities", cities.to_str().unwrap()])
-        .args(["--support", posts.to_str().unwrap(), "--device", "cpu"])
+        .args(["--device", "cpu"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -116,10 +110,10 @@ fn a_build_killed_midway_leaves_the_old_store_working_and_the_next_build_succeed
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
 
-    // Store A: the 60 city prompts, no support posts.
+    // Store A: the 20 city prompts, no support posts.
     let stderr = build(&store, None);
     assert!(
-        stderr.contains("indexed 60 cities and 0 support posts"),
+        stderr.contains("indexed 20 cities and 0 support posts"),
         "{stderr}"
     );
 
@@ -141,10 +135,10 @@ fn a_build_killed_midway_leaves_the_old_store_working_and_the_next_build_succeed
         let engine = Engine::open(&store, Arc::new(model), EngineConfig::default())
             .expect("the old store opens after the crash");
         let snapshot = engine.snapshot();
-        assert_eq!(snapshot.cities().len(), 60);
+        assert_eq!(snapshot.cities().len(), 20);
         assert_eq!(snapshot.cities().support_count(), 0);
-        let answers = engine.locate(&["Just landed in Des Moines, Iowa"]).unwrap();
-        assert_eq!(answers[0].name, "Des Moines", "{:?}", answers[0].top_k);
+        let answers = engine.locate(&["Just landed in Denver, Colorado"]).unwrap();
+        assert_eq!(answers[0].name, "Denver", "{:?}", answers[0].top_k);
     }
 
     // The leftover staging directory does not get in the way of the next build or of queries.
@@ -152,21 +146,21 @@ fn a_build_killed_midway_leaves_the_old_store_working_and_the_next_build_succeed
     std::fs::write(
         &support,
         concat!(
-            "{\"text\": \"Cyclones win again, Jack Trice was rocking\", \"city_id\": 4846834}\n",
-            "{\"text\": \"Sunset over the Missouri from the Old Market\", \"city_id\": 5074472}\n",
+            "{\"text\": \"Skyway lunch then a Twins game, Minnesota summer at its best\", \"city_id\": 5037649}\n",
+            "{\"text\": \"Voodoo Doughnut line in the rain, naturally\", \"city_id\": 5746545}\n",
         ),
     )
     .unwrap();
     let stderr = build(&store, Some(&support));
     assert!(
-        stderr.contains("indexed 60 cities and 2 support posts"),
+        stderr.contains("indexed 20 cities and 2 support posts"),
         "{stderr}"
     );
     let names = locate_with_binary(
         &store,
-        "Just landed in Des Moines, Iowa\nCyclones win again, Jack Trice was rocking\n",
+        "Just landed in Denver, Colorado\nSkyway lunch then a Twins game, Minnesota summer at its best\n",
     );
-    assert_eq!(names, ["Des Moines", "Ames"]);
+    assert_eq!(names, ["Denver", "Minneapolis"]);
     eprintln!(
         "crash test done in {:.1}s; staging directory of the killed build {}",
         started.elapsed().as_secs_f64(),

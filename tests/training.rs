@@ -99,6 +99,11 @@ fn a_saved_checkpoint_reloads_to_identical_predictions_for_every_fusion() {
         model.save(dir.path()).unwrap();
         let reloaded = GeoModel::load(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(reloaded.config(), model.config());
+        // The id names the weights: the reloaded weights hash to it.
+        assert_eq!(
+            model.config().model_id,
+            format!("trained:{}", reloaded.weights_digest().unwrap())
+        );
 
         let support = &posts[..8];
         let rerank = RerankConfig {
@@ -148,6 +153,50 @@ fn a_saved_checkpoint_reloads_to_identical_predictions_for_every_fusion() {
             eb.pooled.to_vec2::<f32>().unwrap()
         );
     }
+}
+
+#[test]
+fn saving_over_a_loaded_checkpoint_replaces_it_whole_and_the_loaded_one_keeps_working() {
+    let (cities, posts) = fixture();
+    let mut model = GeoModel::from_base(
+        &common::model_files(),
+        GeoModelConfig::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("ck");
+    train(&mut model, &cities, &posts, &quick_config(1), &mut |_| {}).unwrap();
+    model.save(&dir).unwrap();
+    let first_id = model.config().model_id.clone();
+    // This one memory-maps the first checkpoint's weights.
+    let loaded = GeoModel::load(&dir, &Device::Cpu).unwrap();
+    let texts = [
+        "Bats over the Congress Avenue bridge",
+        "Rain again in Seattle",
+    ];
+    let before = loaded.post_encoder().embed(&texts).unwrap();
+
+    train(&mut model, &cities, &posts, &quick_config(2), &mut |_| {}).unwrap();
+    assert_ne!(model.config().model_id, first_id, "new weights, new id");
+    model.save(&dir).unwrap();
+    assert_eq!(
+        GeoModel::load(&dir, &Device::Cpu)
+            .unwrap()
+            .config()
+            .model_id,
+        model.config().model_id
+    );
+    assert_eq!(
+        loaded.post_encoder().embed(&texts).unwrap(),
+        before,
+        "a process holding the old checkpoint reads the old weights, not a half-written file"
+    );
+    let names: Vec<String> = std::fs::read_dir(parent.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["ck".to_string()], "no staging leftovers");
 }
 
 #[test]

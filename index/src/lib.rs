@@ -27,7 +27,8 @@
 //!   opened with another model version than the store's refuses queries with
 //!   [`StoreError::ModelMismatch`], which tells the user to run `contrastgeo index build`.
 //!
-//! Modules: [`records`] (the record types), [`store`] (sled), [`ann`] (the graph and exact
+//! Modules: [`records`] (the record types), [`labels`] (the durable log of cities and labelled posts
+//! a store's generations are built from), [`store`] (sled), [`ann`] (the graph and exact
 //! search), [`dump`] (dump files), [`vector_index`] (the two together), [`synthetic`] (clustered
 //! random embeddings for tests and benchmarks).
 
@@ -39,6 +40,7 @@ compile_error!(
 pub mod ann;
 pub mod dump;
 pub mod error;
+pub mod labels;
 pub mod records;
 pub mod store;
 pub mod synthetic;
@@ -49,6 +51,7 @@ pub use ann::{
 };
 pub use dump::{DumpFile, DumpManifest, DUMP_FORMAT_VERSION};
 pub use error::{Result, StoreError};
+pub use labels::{Appended, Label, LabelLog, LabelSeq, PostLabel};
 pub use records::{
     City, CityId, PostId, SupportPost, VectorId, VectorKind, VectorMeta, VectorRecord,
 };

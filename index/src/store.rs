@@ -44,6 +44,7 @@ const DIMENSION: &[u8] = b"dimension";
 const NEXT_VECTOR_ID: &[u8] = b"next_vector_id";
 const NEXT_POST_ID: &[u8] = b"next_post_id";
 const DUMP_WATERMARK: &[u8] = b"dump_watermark";
+const LABEL_WATERMARK: &[u8] = b"label_watermark";
 
 /// Vectors are written in transactions of at most this many, to bound the memory a transaction
 /// holds; each chunk is atomic with its id counter.
@@ -257,6 +258,23 @@ impl Store {
             .transpose()
     }
 
+    /// Records that every label of the store's label log up to `seq` is in this index (see
+    /// [`crate::labels`]); made durable with the next [`Store::flush`].
+    pub fn set_label_watermark(&self, seq: u64) -> Result<()> {
+        self.meta.insert(LABEL_WATERMARK, &seq.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    /// The last label of the label log this index holds (0 when none was recorded).
+    pub fn label_watermark(&self) -> Result<u64> {
+        Ok(self
+            .meta
+            .get(LABEL_WATERMARK)?
+            .map(|bytes| decode_u64(META, LABEL_WATERMARK, &bytes))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
     // --------------------------------------------------------------- vectors
 
     /// Stores vectors as given and returns their new ids, strictly increasing in input order.
@@ -434,14 +452,14 @@ fn city_post_key(city: CityId, post: PostId) -> [u8; 16] {
     key
 }
 
-fn transaction_error(error: TransactionError<StoreError>) -> StoreError {
+pub(crate) fn transaction_error(error: TransactionError<StoreError>) -> StoreError {
     match error {
         TransactionError::Abort(error) => error,
         TransactionError::Storage(error) => StoreError::Sled(error),
     }
 }
 
-fn corrupt(tree: &'static str, key: &[u8], reason: impl Into<String>) -> StoreError {
+pub(crate) fn corrupt(tree: &'static str, key: &[u8], reason: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         tree,
         key: printable_key(key),
@@ -462,7 +480,7 @@ fn decode_id(tree: &'static str, key: &[u8]) -> Result<u64> {
         .map_err(|_| corrupt(tree, key, "key is not an 8-byte id"))
 }
 
-fn decode_u64(tree: &'static str, key: &[u8], value: &[u8]) -> Result<u64> {
+pub(crate) fn decode_u64(tree: &'static str, key: &[u8], value: &[u8]) -> Result<u64> {
     <[u8; 8]>::try_from(value)
         .map(u64::from_be_bytes)
         .map_err(|_| corrupt(tree, key, "value is not an 8-byte integer"))
@@ -476,7 +494,7 @@ fn read_counter(value: Option<sled::IVec>, name: &[u8]) -> Result<u64> {
     }
 }
 
-fn encode_serde<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
+pub(crate) fn encode_serde<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
     bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| {
         StoreError::Encode {
             what,
@@ -485,7 +503,11 @@ fn encode_serde<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> 
     })
 }
 
-fn decode_serde<T: DeserializeOwned>(tree: &'static str, id: &u64, bytes: &[u8]) -> Result<T> {
+pub(crate) fn decode_serde<T: DeserializeOwned>(
+    tree: &'static str,
+    id: &u64,
+    bytes: &[u8],
+) -> Result<T> {
     let key = id.to_be_bytes();
     let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map_err(|e| corrupt(tree, &key, e.to_string()))?;

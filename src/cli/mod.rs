@@ -2,6 +2,7 @@
 
 pub mod embed;
 pub mod eval;
+pub mod flags;
 pub mod index;
 pub mod input;
 pub mod locate;
@@ -15,6 +16,17 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::model::{DeviceChoice, EncoderSettings, ModelFiles, Pooling, TextEncoder};
+
+/// Exit code of a usage error: an unknown or out-of-range flag, refused before any work starts.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of a command that finished but rejected some input lines (each reported with its line).
+pub const EXIT_REJECTED_LINES: u8 = 3;
+
+/// A flag value or combination of flags that cannot work, found after parsing (e.g. a shard of a command
+/// that reads stdin); the binary exits with [`EXIT_USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// contrastgeo: where was this post written?
 #[derive(Debug, clap::Parser)]
@@ -52,16 +64,16 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceChoice,
     /// Longest token sequence; longer posts are truncated.
-    #[arg(long, default_value_t = EncoderSettings::default().max_length)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = EncoderSettings::default().max_length)]
     pub max_length: usize,
     /// Pooling of token states.
     #[arg(long, value_enum, default_value_t)]
     pub pooling: Pooling,
     /// Posts per forward pass.
-    #[arg(long, default_value_t = EncoderSettings::default().batch_size)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = EncoderSettings::default().batch_size)]
     pub batch_size: usize,
     /// Most padded tokens per forward pass (long posts get smaller batches).
-    #[arg(long, default_value_t = EncoderSettings::default().max_batch_tokens)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = EncoderSettings::default().max_batch_tokens)]
     pub max_batch_tokens: usize,
 }
 

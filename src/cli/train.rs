@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use super::flags;
 use super::progress::bulk_progress;
 use super::ModelArgs;
 use crate::data::{self, split::Split, PostInput};
@@ -24,7 +25,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub split: Option<PathBuf>,
     /// Support posts per city (K).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = 5)]
     pub shots: usize,
     /// Output checkpoint directory.
     #[arg(long)]
@@ -52,11 +53,11 @@ pub struct TrainOptions {
     /// Separate post and location encoders (default: one shared encoder).
     #[arg(long)]
     pub separate_encoders: bool,
-    /// Contrastive temperature.
-    #[arg(long, default_value_t = 0.03)]
+    /// Contrastive temperature (> 0).
+    #[arg(long, value_parser = flags::positive_f64, default_value_t = 0.03)]
     pub tau: f64,
     /// Radius for binding coordinate-only posts to a city, km.
-    #[arg(long, default_value_t = data::DEFAULT_ASSIGN_RADIUS_KM)]
+    #[arg(long, value_parser = flags::positive_f64, default_value_t = data::DEFAULT_ASSIGN_RADIUS_KM)]
     pub radius_km: f64,
     /// Seed of the K-shot draw and of training.
     #[arg(long, default_value_t = 0)]
@@ -68,16 +69,16 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = TrainConfig::default().min_steps)]
     pub min_steps: usize,
     /// Posts per step.
-    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = TrainConfig::default().batch_size)]
     pub train_batch: usize,
     /// Encoder learning rate.
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    #[arg(long, value_parser = flags::non_negative_f64, default_value_t = TrainConfig::default().lr)]
     pub lr: f64,
     /// Head learning rate.
-    #[arg(long, default_value_t = TrainConfig::default().head_lr)]
+    #[arg(long, value_parser = flags::non_negative_f64, default_value_t = TrainConfig::default().head_lr)]
     pub head_lr: f64,
     /// Weight of the TLM loss.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = flags::non_negative_f64, default_value_t = 1.0)]
     pub lambda_tlm: f64,
     /// Switch the TLC objective off (ablation).
     #[arg(long)]
@@ -173,6 +174,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<usize> {
     for (line, why) in read.rejected.iter().take(20) {
         eprintln!("{}:{line}: {why}; skipped", args.data.display());
     }
+    if read.rejected.len() > 20 {
+        eprintln!(
+            "{}: {} more rejected line(s) not shown",
+            args.data.display(),
+            read.rejected.len() - 20
+        );
+    }
     let (bound, dropped) = data::assign_cities(read.posts, &cities, args.options.radius_km);
     let support = match &args.split {
         Some(path) => {
@@ -209,7 +217,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<usize> {
         report.last_loss,
         args.out.display()
     );
-    Ok(0)
+    // Like the bulk commands: a finished run with rejected input lines exits non-zero.
+    Ok(read.rejected.len())
 }
 
 /// Logs every tenth training step (and the last) for non-interactive runs.

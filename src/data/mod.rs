@@ -1,6 +1,7 @@
 //! Labelled posts: reading them, turning them into encoder input, assigning them to cities, and the
 //! benchmark split with its K-shot sampler.
 
+pub mod ingest;
 pub mod split;
 
 use std::io::BufRead;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::geo::{CityId, CityTable, IdValue};
+use crate::lines::{BoundedLines, Line, MAX_LINE_BYTES};
 
 /// Errors of the data layer.
 #[derive(Debug, thiserror::Error)]
@@ -127,27 +129,42 @@ pub struct ReadPosts {
     pub rejected: Vec<(usize, String)>,
 }
 
-/// Reads labelled posts from JSONL; bad lines (bad JSON, empty text, no place at all) are collected, not fatal.
+/// Reads labelled posts from a JSONL file; bad lines (bad JSON, empty text, no place at all, too long) are
+/// collected with their line numbers, not fatal.
 pub fn read_labelled_posts(path: &Path) -> Result<ReadPosts, DataError> {
-    let io = |source| DataError::Io {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
+    })?;
+    parse_labelled_posts(std::io::BufReader::new(file)).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses labelled posts from JSONL text (see [`read_labelled_posts`]); only an I/O error is fatal. Blank
+/// lines are skipped silently; lines are capped at [`MAX_LINE_BYTES`].
+pub fn parse_labelled_posts(reader: impl BufRead) -> std::io::Result<ReadPosts> {
+    let mut lines = BoundedLines::new(reader, MAX_LINE_BYTES);
     let mut read = ReadPosts::default();
-    for (n, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(io)?;
+    while let Some((n, _, line)) = lines.next_line()? {
+        let line = match line {
+            Line::Kept(bytes) => bytes,
+            Line::TooLong { bytes } => {
+                read.rejected
+                    .push((n, Line::too_long_message(bytes, MAX_LINE_BYTES)));
+                continue;
+            }
+        };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<LabelledPost>(&line) {
-            Err(e) => read.rejected.push((n + 1, e.to_string())),
-            Ok(post) if post.text.trim().is_empty() => {
-                read.rejected.push((n + 1, "empty text".into()))
-            }
+        match serde_json::from_slice::<LabelledPost>(line) {
+            Err(e) => read.rejected.push((n, e.to_string())),
+            Ok(post) if post.text.trim().is_empty() => read.rejected.push((n, "empty text".into())),
             Ok(post) if post.city_id.is_none() && (post.lat.is_none() || post.lon.is_none()) => {
                 read.rejected
-                    .push((n + 1, "neither city_id nor lat/lon".into()))
+                    .push((n, "neither city_id nor lat/lon".into()))
             }
             Ok(post) => read.posts.push(post),
         }

@@ -7,12 +7,14 @@
 //! after the swap (a crash between the two renames leaves it as `.NAME.old-PID`).
 
 use std::path::{Path, PathBuf};
+
 use std::time::Instant;
 
 use contrastgeo_index::{IndexOptions, PostId, SupportPost, VectorIndex, VectorKind, VectorMeta};
 use serde::Serialize;
 
 use super::error::{EngineError, Result};
+use crate::atomic_dir;
 use crate::geo::City;
 use crate::model::GeoModel;
 
@@ -71,10 +73,11 @@ pub fn build_index(
 ) -> Result<BuildReport> {
     let started = Instant::now();
     check_inputs(cities, support)?;
-    let staging = sibling(dir, "building")?;
-    remove_dir_if_present(&staging)?;
-    fill_store(&staging, model, cities, support, options, progress)?;
-    replace_dir(&staging, dir)?;
+    let staging = atomic_dir::sibling(dir, "building").map_err(io(dir))?;
+    atomic_dir::remove_dir_if_present(&staging).map_err(io(&staging))?;
+    fill_store(&staging, model, cities, support, options, 0, progress)?;
+    atomic_dir::sync_tree(&staging).map_err(io(&staging))?;
+    atomic_dir::replace_dir(&staging, dir).map_err(io(dir))?;
     let report = BuildReport {
         dir: dir.to_path_buf(),
         model_version: model.config().model_id.clone(),
@@ -86,7 +89,7 @@ pub fn build_index(
     Ok(report)
 }
 
-fn check_inputs(cities: &[City], support: &[SupportPost]) -> Result<()> {
+pub(crate) fn check_inputs(cities: &[City], support: &[SupportPost]) -> Result<()> {
     if cities.is_empty() {
         return Err(EngineError::NoCities);
     }
@@ -110,13 +113,15 @@ fn check_inputs(cities: &[City], support: &[SupportPost]) -> Result<()> {
     Ok(())
 }
 
-/// Writes everything into a fresh store at `dir`; the index is closed when this returns.
-fn fill_store(
+/// Writes everything into a fresh index at `dir` and records `label_watermark` (the last label of the
+/// store's log it holds); the index is closed when this returns.
+pub(crate) fn fill_store(
     dir: &Path,
     model: &GeoModel,
     cities: &[City],
     support: &[SupportPost],
     options: IndexOptions,
+    label_watermark: u64,
     progress: &dyn Fn(BuildProgress),
 ) -> Result<()> {
     let index = VectorIndex::open(dir, &model.config().model_id, options)?;
@@ -171,6 +176,7 @@ fn fill_store(
     }
 
     report(BuildStage::Graph, 0, 1);
+    store.set_label_watermark(label_watermark)?;
     index.dump()?;
     store.flush()?;
     report(BuildStage::Graph, 1, 1);
@@ -185,54 +191,9 @@ fn prompt_meta(city: &City) -> VectorMeta {
     }
 }
 
-/// `DIR/../.NAME.WHAT-PID`: a directory beside `dir` on the same file system, so renames are atomic.
-fn sibling(dir: &Path, what: &str) -> Result<PathBuf> {
-    let name = dir
-        .file_name()
-        .ok_or_else(|| {
-            EngineError::InvalidConfig(format!(
-                "store path {} has no directory name",
-                dir.display()
-            ))
-        })?
-        .to_string_lossy();
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    Ok(parent.join(format!(".{name}.{what}-{}", std::process::id())))
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
     move |source| EngineError::Io {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn remove_dir_if_present(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(dir)(e)),
-        _ => Ok(()),
-    }
-}
-
-/// Moves the finished `staging` store to `dir`, replacing a previous store there.
-fn replace_dir(staging: &Path, dir: &Path) -> Result<()> {
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    let old = if dir.exists() {
-        let old = sibling(dir, "old")?;
-        remove_dir_if_present(&old)?;
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-        Some(old)
-    } else {
-        None
-    };
-    std::fs::rename(staging, dir).map_err(io(dir))?;
-    if let Some(old) = old {
-        remove_dir_if_present(&old)?;
-    }
-    Ok(())
 }

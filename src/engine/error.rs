@@ -74,6 +74,19 @@ pub enum EngineError {
         /// Position of the post in the request.
         index: usize,
     },
+    /// Another process holds the store (sled's lock on its label log).
+    #[error(
+        "the store at {dir} is in use by another process (a running `contrastgeo serve`?): one process \
+         owns a store; send labels to that server (POST /v1/cities, /v1/cities/{{id}}/examples), or stop it \
+         and retry"
+    )]
+    StoreBusy {
+        /// The store directory.
+        dir: PathBuf,
+    },
+    /// The operation cannot run now (e.g. a retrain while another runs).
+    #[error("{0}")]
+    Busy(String),
     /// A configuration value is out of range.
     #[error("invalid engine setting: {0}")]
     InvalidConfig(String),

@@ -19,11 +19,13 @@
 pub mod answer;
 pub mod build;
 pub mod error;
+pub mod generations;
+pub mod live;
 pub mod rerank;
 pub mod retrieve;
 pub mod snapshot;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use contrastgeo_index::{IndexOptions, SupportPost};
@@ -33,10 +35,14 @@ use serde::{Deserialize, Serialize};
 pub use answer::{Answer, Candidate, Evidence};
 pub use build::{build_index, BuildProgress, BuildReport, BuildStage};
 pub use error::{EngineError, Result};
+pub use generations::{GenerationId, GenerationManifest, Generations};
+pub use live::{
+    GateReport, GenerationInfo, IngestReport, LiveStore, RetrainOptions, RetrainProgress,
+    RetrainReport,
+};
 pub use snapshot::{CityCache, CityEntry, Snapshot};
 
 use crate::geo::City;
-use crate::model::files::HOME_ENV;
 use crate::model::pooling::to_rows;
 use crate::model::tokenize::length_buckets;
 use crate::model::{ForwardMode, GeoModel, ModelError};
@@ -101,21 +107,6 @@ impl EngineConfig {
     }
 }
 
-/// Where the default store lives: `$CONTRASTGEO_HOME/data/index/default`, else `data/index/default` in the source
-/// checkout this binary was built from (like the default model).
-pub fn default_store_dir() -> PathBuf {
-    match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
-        Some(home) => PathBuf::from(home)
-            .join("data")
-            .join("index")
-            .join("default"),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("data")
-            .join("index")
-            .join("default"),
-    }
-}
-
 /// Answers "where was this written?" from the current [`Snapshot`].
 pub struct Engine {
     config: EngineConfig,
@@ -135,6 +126,14 @@ impl Engine {
         Self {
             config,
             snapshot: RwLock::new(Arc::new(snapshot)),
+        }
+    }
+
+    /// An engine over a snapshot that others hold too (e.g. the live generation, for a comparison).
+    pub fn with_shared(snapshot: Arc<Snapshot>, config: EngineConfig) -> Self {
+        Self {
+            config,
+            snapshot: RwLock::new(snapshot),
         }
     }
 
@@ -187,34 +186,40 @@ impl Engine {
             return Ok(Vec::new());
         }
         let snapshot = self.snapshot();
+        // One view of the city table for the whole call, even while cities are added live.
+        let view = View {
+            cities: snapshot.cities(),
+            snapshot: &snapshot,
+        };
         if snapshot.model().config().head_trained {
-            self.locate_reranked(&snapshot, texts)
+            self.locate_reranked(&view, texts)
         } else {
-            self.locate_retrieved(&snapshot, texts)
+            self.locate_retrieved(&view, texts)
         }
     }
 
     /// Retrieval only: the shortlist in retrieval order.
-    fn locate_retrieved(&self, snapshot: &Snapshot, texts: &[&str]) -> Result<Vec<Answer>> {
-        let queries = snapshot.model().post_encoder().embed(texts)?;
+    fn locate_retrieved(&self, view: &View, texts: &[&str]) -> Result<Vec<Answer>> {
+        let queries = view.snapshot.model().post_encoder().embed(texts)?;
+        let snapshot = view.snapshot;
         let tau = snapshot.model().config().tau as f32;
         queries
             .par_iter()
             .enumerate()
             .map(|(index, query)| {
-                let shortlist = self.shortlist(snapshot, query)?;
-                let candidates = candidates(snapshot, &shortlist, |scored, _| {
+                let shortlist = self.shortlist(view, query)?;
+                let candidates = candidates(&view.cities, &shortlist, |scored, _| {
                     (scored.retrieval / tau, None)
                 });
-                self.answer(snapshot, index, query, candidates)
+                self.answer(view, index, query, candidates)
             })
             .collect()
     }
 
     /// Retrieval, then the TLM head over each shortlist. Posts go in groups of similar length, each encoded
     /// once for both retrieval and the head; groups run in parallel.
-    fn locate_reranked(&self, snapshot: &Snapshot, texts: &[&str]) -> Result<Vec<Answer>> {
-        let model = snapshot.model();
+    fn locate_reranked(&self, view: &View, texts: &[&str]) -> Result<Vec<Answer>> {
+        let model = view.snapshot.model();
         let encoder = model.post_encoder();
         let tau = model.config().tau as f32;
         let tokenized = encoder.tokenizer().tokenize(texts)?;
@@ -234,13 +239,13 @@ impl Engine {
                 let queries = to_rows(&encoded.pooled).map_err(ModelError::from)?;
                 let shortlists = queries
                     .iter()
-                    .map(|query| self.shortlist(snapshot, query))
+                    .map(|query| self.shortlist(view, query))
                     .collect::<Result<Vec<_>>>()?;
                 let logits = rerank::tlm_logits(
                     model,
                     &encoded,
                     &shortlists,
-                    snapshot.cities(),
+                    &view.cities,
                     self.config.rerank_batch,
                 )?;
                 let answers = group
@@ -248,11 +253,11 @@ impl Engine {
                     .zip(&queries)
                     .zip(shortlists.iter().zip(&logits))
                     .map(|((&index, query), (shortlist, logits))| {
-                        let candidates = candidates(snapshot, shortlist, |scored, position| {
+                        let candidates = candidates(&view.cities, shortlist, |scored, position| {
                             let logit = logits[position];
                             (logit + scored.retrieval / tau, Some(logit))
                         });
-                        self.answer(snapshot, index, query, candidates)
+                        self.answer(view, index, query, candidates)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok((group, answers))
@@ -271,10 +276,10 @@ impl Engine {
             .collect()
     }
 
-    fn shortlist(&self, snapshot: &Snapshot, query: &[f32]) -> Result<Vec<CityScore>> {
+    fn shortlist(&self, view: &View, query: &[f32]) -> Result<Vec<CityScore>> {
         retrieve::retrieve(
-            snapshot.index(),
-            snapshot.cities(),
+            view.snapshot.index(),
+            &view.cities,
             query,
             self.config.neighbours,
             self.config.prompt_weight,
@@ -285,7 +290,7 @@ impl Engine {
     /// Ranks the candidates and attaches the answered city's best support posts.
     fn answer(
         &self,
-        snapshot: &Snapshot,
+        view: &View,
         index: usize,
         query: &[f32],
         mut candidates: Vec<Candidate>,
@@ -294,11 +299,11 @@ impl Engine {
         let mut evidence = Vec::new();
         if let Some(entry) = candidates
             .first()
-            .and_then(|best| snapshot.cities().get(best.city_id))
+            .and_then(|best| view.cities.get(best.city_id))
         {
             for (post_id, similarity) in retrieve::best_supports(query, entry, self.config.evidence)
             {
-                if let Some(post) = snapshot.index().store().support_post(post_id)? {
+                if let Some(post) = view.snapshot.index().store().support_post(post_id)? {
                     evidence.push(Evidence {
                         post_id,
                         text: post.text,
@@ -312,9 +317,15 @@ impl Engine {
     }
 }
 
+/// What one `locate` call reads: the generation and one view of its city table.
+struct View<'a> {
+    snapshot: &'a Snapshot,
+    cities: Arc<CityCache>,
+}
+
 /// Candidates for a shortlist; `score(scored, position)` gives each its final score and TLM logit.
 fn candidates(
-    snapshot: &Snapshot,
+    cities: &CityCache,
     shortlist: &[CityScore],
     score: impl Fn(&CityScore, usize) -> (f32, Option<f32>),
 ) -> Vec<Candidate> {
@@ -322,7 +333,7 @@ fn candidates(
         .iter()
         .enumerate()
         .filter_map(|(position, scored)| {
-            let entry = snapshot.cities().get(scored.city)?;
+            let entry = cities.get(scored.city)?;
             let (final_score, logit) = score(scored, position);
             let mut candidate = Candidate::new(&entry.city, final_score, scored);
             candidate.tlm_logit = logit;

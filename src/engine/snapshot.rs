@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use contrastgeo_index::{IndexOptions, IndexStatus, PostId, Store, VectorIndex, VectorKind};
 
@@ -42,9 +42,13 @@ pub struct CityEntry {
 }
 
 /// Every stored city with its vectors, by id.
+///
+/// Entries are shared (`Arc`), so a copy with a few cities added or changed ([`CityCache::with_additions`])
+/// costs one map of pointers, not a copy of every vector: that is how live ingest publishes new cities
+/// without blocking queries.
 #[derive(Debug, Clone, Default)]
 pub struct CityCache {
-    entries: HashMap<CityId, CityEntry>,
+    entries: HashMap<CityId, Arc<CityEntry>>,
     /// `(lowercase name, population, id)` sorted by name, then larger population first, then id; built on the
     /// first name search.
     names: OnceLock<Vec<(String, u64, CityId)>>,
@@ -89,14 +93,52 @@ impl CityCache {
             );
         }
         Ok(Self {
-            entries,
+            entries: entries
+                .into_iter()
+                .map(|(id, e)| (id, Arc::new(e)))
+                .collect(),
             names: OnceLock::new(),
         })
     }
 
+    /// A copy of this cache with `cities` added (or their records replaced) and `prompts` and `supports`
+    /// vectors attached to their cities. A vector of a city neither here nor in `cities` is dropped.
+    pub fn with_additions(
+        &self,
+        cities: &[City],
+        prompts: Vec<(CityId, Vec<f32>)>,
+        supports: Vec<(CityId, SupportVector)>,
+    ) -> Self {
+        let mut entries = self.entries.clone();
+        for city in cities {
+            let entry = entries.entry(city.id).or_insert_with(|| {
+                Arc::new(CityEntry {
+                    city: city.clone(),
+                    prompt: None,
+                    supports: Vec::new(),
+                })
+            });
+            Arc::make_mut(entry).city = city.clone();
+        }
+        for (city, vector) in prompts {
+            if let Some(entry) = entries.get_mut(&city) {
+                Arc::make_mut(entry).prompt = Some(vector);
+            }
+        }
+        for (city, support) in supports {
+            if let Some(entry) = entries.get_mut(&city) {
+                Arc::make_mut(entry).supports.push(support);
+            }
+        }
+        Self {
+            entries,
+            names: OnceLock::new(),
+        }
+    }
+
     /// The city with this id and its vectors.
     pub fn get(&self, id: CityId) -> Option<&CityEntry> {
-        self.entries.get(&id)
+        self.entries.get(&id).map(|e| &**e)
     }
 
     /// Number of cities.
@@ -116,7 +158,7 @@ impl CityCache {
 
     /// Every city with its vectors, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &CityEntry> {
-        self.entries.values()
+        self.entries.values().map(|e| &**e)
     }
 
     /// Up to `limit` cities whose name starts with `prefix`, ignoring case, in name order (a shared name:
@@ -147,7 +189,8 @@ pub struct Snapshot {
     dir: PathBuf,
     model: Arc<GeoModel>,
     index: VectorIndex,
-    cities: CityCache,
+    /// Replaced whole (copy on write) when cities or support posts are added live.
+    cities: RwLock<Arc<CityCache>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -156,7 +199,7 @@ impl std::fmt::Debug for Snapshot {
             .field("dir", &self.dir)
             .field("model", &self.model.config().model_id)
             .field("index", &self.index)
-            .field("cities", &self.cities.len())
+            .field("cities", &self.cities().len())
             .finish()
     }
 }
@@ -202,7 +245,7 @@ impl Snapshot {
             dir: dir.to_path_buf(),
             model,
             index,
-            cities,
+            cities: RwLock::new(Arc::new(cities)),
         })
     }
 
@@ -221,9 +264,14 @@ impl Snapshot {
         &self.index
     }
 
-    /// The cities with their vectors.
-    pub fn cities(&self) -> &CityCache {
-        &self.cities
+    /// The cities with their vectors, as of now (a query holds one view for its whole run).
+    pub fn cities(&self) -> Arc<CityCache> {
+        Arc::clone(&self.cities.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Publishes a new city table (after vectors were added to the index live).
+    pub fn set_cities(&self, cities: CityCache) {
+        *self.cities.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cities);
     }
 }
 
@@ -255,7 +303,7 @@ mod tests {
                         prompt: None,
                         supports: Vec::new(),
                     };
-                    (c.id, entry)
+                    (c.id, Arc::new(entry))
                 })
                 .collect(),
             names: OnceLock::new(),

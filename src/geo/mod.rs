@@ -6,11 +6,12 @@
 pub mod gazetteer;
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 pub use contrastgeo_index::records::{City, CityId};
 use serde::Deserialize;
+
+use crate::lines::{BoundedLines, Line, MAX_LINE_BYTES};
 
 /// Errors of the geo layer.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,14 @@ pub enum GeoError {
         line: usize,
         /// What is wrong.
         reason: String,
+    },
+    /// Some records of a file could not be parsed: every one, with its line.
+    #[error("{path}: {} bad city record(s): {}", lines.len(), lines.iter().take(10).map(|(n, why)| format!("line {n}: {why}")).collect::<Vec<_>>().join("; "))]
+    BadRecords {
+        /// The file.
+        path: PathBuf,
+        /// `(1-based line, what is wrong)` for each bad record.
+        lines: Vec<(usize, String)>,
     },
     /// Two records share a city id.
     #[error("{path}: city id {id} appears twice")]
@@ -95,28 +104,46 @@ impl CityTable {
     /// Reads a cities JSONL file: the project's city schema (`schema/city.schema.json`), which also accepts
     /// the benchmark's `cities.jsonl` (string ids, no alternate names).
     pub fn read_jsonl(path: &Path) -> Result<Self, GeoError> {
-        let io = |source| GeoError::Io {
+        let file = std::fs::File::open(path).map_err(|source| GeoError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
+        })?;
+        Self::parse_jsonl(std::io::BufReader::new(file), path)
+    }
+
+    /// Parses JSONL city records read from `reader` (`path` names the source in errors). Every bad line
+    /// is reported, not only the first: [`GeoError::BadRecords`] lists them all with their line numbers.
+    pub fn parse_jsonl(reader: impl std::io::BufRead, path: &Path) -> Result<Self, GeoError> {
+        let mut lines = BoundedLines::new(reader, MAX_LINE_BYTES);
         let mut cities = Vec::new();
-        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(io)?;
-            if line.trim().is_empty() {
+        let mut bad: Vec<(usize, String)> = Vec::new();
+        while let Some((n, _, line)) = lines.next_line().map_err(|source| GeoError::Io {
+            path: path.to_path_buf(),
+            source,
+        })? {
+            let line = match line {
+                Line::Kept(bytes) => bytes,
+                Line::TooLong { bytes } => {
+                    bad.push((n, Line::too_long_message(bytes, MAX_LINE_BYTES)));
+                    continue;
+                }
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let record: CityRecord =
-                serde_json::from_str(&line).map_err(|e| GeoError::BadRecord {
-                    path: path.to_path_buf(),
-                    line: n + 1,
-                    reason: e.to_string(),
-                })?;
-            cities.push(record.into_city().map_err(|reason| GeoError::BadRecord {
+            match serde_json::from_slice::<CityRecord>(line)
+                .map_err(|e| e.to_string())
+                .and_then(CityRecord::into_city)
+            {
+                Ok(city) => cities.push(city),
+                Err(reason) => bad.push((n, reason)),
+            }
+        }
+        if !bad.is_empty() {
+            return Err(GeoError::BadRecords {
                 path: path.to_path_buf(),
-                line: n + 1,
-                reason,
-            })?);
+                lines: bad,
+            });
         }
         if cities.is_empty() {
             return Err(GeoError::Empty(path.to_path_buf()));
@@ -204,7 +231,7 @@ struct CityRecord {
 }
 
 /// An id written as a JSON number or a string of digits.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum IdValue {
     /// `123`

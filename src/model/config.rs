@@ -64,6 +64,48 @@ fn default_eps() -> f64 {
 }
 
 impl BertConfig {
+    /// Refuses architectures no checkpoint can have: a zero size, a width the heads do not divide, a
+    /// negative or non-finite epsilon or dropout. The message names the `config.json` field at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if value == 0 {
+                return Err(format!("`{field}` is 0; it must be at least 1"));
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "`hidden_size` ({}) is not divisible by `num_attention_heads` ({})",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "`layer_norm_eps` must be a finite number > 0, got {}",
+                self.layer_norm_eps
+            ));
+        }
+        for (field, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("`{field}` must be within [0, 1), got {p}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Width of one attention head.
     pub fn head_size(&self) -> usize {
         self.hidden_size / self.num_attention_heads

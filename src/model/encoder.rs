@@ -210,10 +210,15 @@ pub fn read_config(path: &Path) -> Result<BertConfig> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
+    let config: BertConfig = serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
         path: path.to_path_buf(),
         reason: e.to_string(),
-    })
+    })?;
+    config.validate().map_err(|reason| ModelError::BadConfig {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    Ok(config)
 }
 
 /// Creates the encoder's variables under the prefix the checkpoint uses and fills them from `weights`;

@@ -72,6 +72,40 @@ impl Default for GeoModelConfig {
     }
 }
 
+impl GeoModelConfig {
+    /// Parses and checks a checkpoint's `contrastgeo.json`; the message names the field at fault.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        // Name the field for the settings a hand-edited file most often gets wrong.
+        for field in ["fusion", "post_input", "tau", "encoder", "prompts"] {
+            if let Some(v) = value.get(field) {
+                let checked = match field {
+                    "fusion" => serde_json::from_value::<Fusion>(v.clone()).map(drop),
+                    "post_input" => serde_json::from_value::<PostInput>(v.clone()).map(drop),
+                    "tau" => serde_json::from_value::<f64>(v.clone()).map(drop),
+                    "encoder" => serde_json::from_value::<EncoderSettings>(v.clone()).map(drop),
+                    _ => serde_json::from_value::<LocationPrompts>(v.clone()).map(drop),
+                };
+                checked.map_err(|e| format!("`{field}`: {e}"))?;
+            }
+        }
+        let config: Self = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        if !(config.tau.is_finite() && config.tau > 0.0) {
+            return Err(format!(
+                "`tau` must be a finite number > 0, got {}",
+                config.tau
+            ));
+        }
+        let e = &config.encoder;
+        if e.max_length == 0 || e.batch_size == 0 || e.max_batch_tokens == 0 {
+            return Err(
+                "`encoder`: max_length, batch_size and max_batch_tokens must be at least 1".into(),
+            );
+        }
+        Ok(config)
+    }
+}
+
 /// Post and location encoders with the matching head.
 pub struct GeoModel {
     config: GeoModelConfig,
@@ -130,11 +164,10 @@ impl GeoModel {
                 dir.display()
             ),
         })?;
-        let config: GeoModelConfig =
-            serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
-                path: config_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let config = GeoModelConfig::from_json(&text).map_err(|reason| ModelError::BadConfig {
+            path: config_path.clone(),
+            reason,
+        })?;
         if config.format != CHECKPOINT_FORMAT {
             return Err(ModelError::BadConfig {
                 path: config_path,
@@ -176,31 +209,75 @@ impl GeoModel {
         })
     }
 
-    /// Writes the checkpoint into `dir` (created if needed).
+    /// Writes the checkpoint to `dir`, replacing any checkpoint there whole: the files go to a staging
+    /// directory beside it, are fsynced, and the directory is renamed into place (see [`crate::atomic_dir`]).
+    /// Never in place: a process may have the old `model.safetensors` memory-mapped.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let io = |path: &Path, e: std::io::Error| ModelError::BadWeights {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        for (from, name) in [
-            (&self.files.config, "config.json"),
-            (&self.files.tokenizer, "tokenizer.json"),
-        ] {
-            let to = dir.join(name);
-            if from.canonicalize().ok() != to.canonicalize().ok() {
-                std::fs::copy(from, &to).map_err(|e| io(&to, e))?;
-            }
-        }
-        self.post_encoder
-            .save_weights(&dir.join("model.safetensors"))?;
-        if let Some(location) = &self.location_encoder {
-            location.save_weights(&dir.join(LOCATION_FILE))?;
-        }
-        self.head_vars.save(dir.join(HEAD_FILE))?;
         let json = serde_json::to_string_pretty(&self.config)
             .map_err(|e| ModelError::InvalidSetting(e.to_string()))?;
-        std::fs::write(dir.join(CONFIG_FILE), json).map_err(|e| io(&dir.join(CONFIG_FILE), e))
+        crate::atomic_dir::write_dir(dir, |staging| -> Result<(), WriteError> {
+            for (from, name) in [
+                (&self.files.config, "config.json"),
+                (&self.files.tokenizer, "tokenizer.json"),
+            ] {
+                let to = staging.join(name);
+                std::fs::copy(from, &to).map_err(|e| io(&to, e))?;
+            }
+            self.post_encoder
+                .save_weights(&staging.join("model.safetensors"))?;
+            if let Some(location) = &self.location_encoder {
+                location.save_weights(&staging.join(LOCATION_FILE))?;
+            }
+            self.head_vars
+                .save(staging.join(HEAD_FILE))
+                .map_err(ModelError::from)?;
+            let config = staging.join(CONFIG_FILE);
+            std::fs::write(&config, &json).map_err(|e| io(&config, e))?;
+            Ok(())
+        })
+        .map_err(|e| match e {
+            WriteError::Model(e) => e,
+            WriteError::Io(e) => io(dir, e),
+        })
+    }
+
+    /// A digest of every weight (encoders and head, by variable name) and of the settings that change
+    /// embeddings: two models with the same digest answer identically. A trained checkpoint's
+    /// `model_id` is derived from it, so a store can tell which weights filled it.
+    pub fn weights_digest(&self) -> Result<String> {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(settings_fingerprint(&self.config).as_bytes());
+        let mut maps: Vec<(&str, &VarMap)> = vec![("post", self.post_encoder.vars())];
+        if let Some(location) = &self.location_encoder {
+            maps.push(("location", location.vars()));
+        }
+        maps.push(("head", &self.head_vars));
+        for (part, map) in maps {
+            let data = map.data().lock().map_err(|_| {
+                ModelError::InvalidSetting("a weight map's lock is poisoned".into())
+            })?;
+            let mut names: Vec<&String> = data.keys().collect();
+            names.sort();
+            for name in names {
+                let values: Vec<f32> = data[name]
+                    .as_tensor()
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1()?;
+                hasher.update(part.as_bytes());
+                hasher.update(name.as_bytes());
+                for v in values {
+                    hasher.update(v.to_le_bytes());
+                }
+            }
+        }
+        let digest = hasher.finalize();
+        Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// The configuration.
@@ -312,6 +389,24 @@ impl GeoModel {
             },
             mode,
         )?)
+    }
+}
+
+/// What can fail while a checkpoint directory is written.
+enum WriteError {
+    Model(ModelError),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for WriteError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<ModelError> for WriteError {
+    fn from(e: ModelError) -> Self {
+        Self::Model(e)
     }
 }
 

@@ -169,10 +169,8 @@ async fn get_city(
 ) -> Result<HttpResponse, ApiError> {
     let id = api::parse_city_id(&id)?;
     let snapshot = state.ready()?.engine().snapshot();
-    let entry = snapshot
-        .cities()
-        .get(id)
-        .ok_or(ApiError::CityNotFound { id })?;
+    let cities = snapshot.cities();
+    let entry = cities.get(id).ok_or(ApiError::CityNotFound { id })?;
     Ok(HttpResponse::Ok().json(CityDetail {
         city: entry.city.clone(),
         has_prompt: entry.prompt.is_some(),

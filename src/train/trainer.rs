@@ -344,12 +344,11 @@ pub fn train(
     let recorded = model.config_mut();
     recorded.head_trained |= config.use_tlm;
     recorded.tau = 1.0 / log_inverse_tau.as_tensor().exp()?.to_vec1::<f32>()?[0] as f64;
-    recorded.model_id = format!(
-        "trained:{data_hash}:{:016x}",
-        config.seed ^ started.elapsed().as_nanos() as u64
-    );
     recorded.training =
         Some(serde_json::json!({ "config": config, "report": report, "cities": cities.len() }));
+    // The id names the weights: equal ids mean equal answers, whatever the seed or the clock.
+    let digest = model.weights_digest()?;
+    model.config_mut().model_id = format!("trained:{digest}");
     Ok(report)
 }
 

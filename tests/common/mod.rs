@@ -30,9 +30,70 @@ pub fn fresh_encoder(settings: EncoderSettings) -> TextEncoder {
     TextEncoder::load(&model_files(), settings, &candle_core::Device::Cpu).expect("load encoder")
 }
 
-/// `../shared/data` beside the project root.
-pub fn shared_data() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+/// Environment variable naming the benchmark directory (cities.jsonl, posts.jsonl, split.json) for the
+/// benchmark suite: `CONTRASTGEO_BENCHMARK_DATA=../shared/data cargo test --release -- --ignored`.
+pub const BENCHMARK_DATA_ENV: &str = "CONTRASTGEO_BENCHMARK_DATA";
+
+/// The benchmark directory for tests of the benchmark suite (marked `#[ignore]`); panics saying what is
+/// needed when `CONTRASTGEO_BENCHMARK_DATA` is unset or does not hold the benchmark.
+pub fn benchmark_data() -> PathBuf {
+    let dir = std::env::var_os(BENCHMARK_DATA_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "this test belongs to the benchmark suite and needs the labelled benchmark: set \
+                 {BENCHMARK_DATA_ENV} to a directory with cities.jsonl, posts.jsonl and split.json \
+                 (e.g. {BENCHMARK_DATA_ENV}=../shared/data cargo test --release -- --ignored)"
+            )
+        });
+    for file in ["cities.jsonl", "posts.jsonl", "split.json"] {
+        assert!(
+            dir.join(file).is_file(),
+            "{BENCHMARK_DATA_ENV}={}: no {file} there",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// A file of the project's own fixtures (`tests/fixtures/`).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The 20 fixture cities (`tests/fixtures/engine_cities.jsonl`).
+pub fn fixture_cities() -> contrastgeo::geo::CityTable {
+    contrastgeo::geo::CityTable::read_jsonl(&fixture("engine_cities.jsonl"))
+        .expect("engine_cities.jsonl")
+}
+
+/// The 300 made-up fixture posts (`tests/fixtures/engine_posts.jsonl`), 15 per fixture city.
+pub fn fixture_posts() -> Vec<contrastgeo::data::LabelledPost> {
+    let read = contrastgeo::data::read_labelled_posts(&fixture("engine_posts.jsonl"))
+        .expect("engine_posts.jsonl");
+    assert!(read.rejected.is_empty(), "{:?}", read.rejected);
+    read.posts
+}
+
+/// The first `per_city` fixture posts of every fixture city, as support posts (the first posts of each
+/// city name it).
+pub fn fixture_support(per_city: usize) -> Vec<contrastgeo_index::SupportPost> {
+    let mut taken: std::collections::HashMap<u64, usize> = Default::default();
+    fixture_posts()
+        .into_iter()
+        .filter_map(|post| {
+            let city = post.city_id?;
+            let n = taken.entry(city).or_default();
+            *n += 1;
+            (*n <= per_city).then(|| contrastgeo_index::SupportPost {
+                text: post.text,
+                city,
+                source: "engine_posts.jsonl".into(),
+            })
+        })
+        .collect()
 }
 
 /// Cosine of two unit vectors.
@@ -42,10 +103,24 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Runs the real `contrastgeo` binary with `args`, feeding `stdin`; returns (exit code, stdout, stderr).
 pub fn run_contrastgeo(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    run_contrastgeo_in(args, stdin, &[], None)
+}
+
+/// [`run_contrastgeo`] with extra environment variables and, optionally, another working directory.
+pub fn run_contrastgeo_in(
+    args: &[&str],
+    stdin: &[u8],
+    env: &[(&str, &std::ffi::OsStr)],
+    cwd: Option<&std::path::Path>,
+) -> (i32, String, String) {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_contrastgeo"))
-        .args(args)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_contrastgeo"));
+    command.args(args).envs(env.iter().copied());
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
