@@ -1120,6 +1120,24 @@ fn read_only_replicas_serve_copies_of_one_store_side_by_side() {
 }
 
 #[test]
+fn the_binary_refuses_bad_limits_as_usage_errors() {
+    for args in [
+        vec!["--batch-limit", "0"],
+        vec!["--batch-limit", "100", "--queue-capacity", "10"],
+        vec!["--bind", "not-an-address"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_contrastgeo"))
+            .arg("serve")
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn the_binary_refuses_a_missing_store_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nothing-here");
