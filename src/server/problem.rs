@@ -105,10 +105,10 @@ pub enum ApiError {
         allowed: Vec<String>,
     },
     /// The body is larger than the configured limit.
-    #[error("the request body is larger than the limit of {limit} bytes")]
+    #[error("the request body is larger than the limit{}", limit.map(|l| format!(" of {l} bytes")).unwrap_or_default())]
     PayloadTooLarge {
-        /// The limit in bytes.
-        limit: usize,
+        /// The limit in bytes, when known.
+        limit: Option<usize>,
     },
     /// The body is not declared as JSON.
     #[error("the request body must be `application/json`, not {}", found.as_deref().map_or("a body without Content-Type".to_string(), |c| format!("`{c}`")))]
@@ -353,7 +353,7 @@ impl ApiError {
     pub fn from_json_payload(error: JsonPayloadError) -> Self {
         match error {
             JsonPayloadError::OverflowKnownLength { limit, .. }
-            | JsonPayloadError::Overflow { limit } => Self::PayloadTooLarge { limit },
+            | JsonPayloadError::Overflow { limit } => Self::PayloadTooLarge { limit: Some(limit) },
             JsonPayloadError::ContentType => Self::UnsupportedMediaType { found: None },
             JsonPayloadError::Deserialize(e) if e.is_data() => {
                 Self::wrong_type("body", e.to_string())
@@ -412,7 +412,7 @@ pub fn plain_errors_to_problems<B: MessageBody + 'static>(
     let path = res.request().path().to_string();
     let error = match status {
         StatusCode::NOT_FOUND => ApiError::RouteNotFound { path },
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: 0 },
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: None },
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType { found: None },
         status => ApiError::Unexpected {
             status,
@@ -453,6 +453,10 @@ mod tests {
         HttpResponse::NoContent().finish()
     }
 
+    async fn take_bytes(_: web::Bytes) -> HttpResponse {
+        HttpResponse::NoContent().finish()
+    }
+
     async fn plain_error() -> HttpResponse {
         HttpResponse::BadGateway().body("upstream down")
     }
@@ -466,6 +470,7 @@ mod tests {
                 .route("/json", web::post().to(take_json))
                 .route("/query", web::get().to(take_query))
                 .route("/path/{n}", web::get().to(take_path))
+                .route("/bytes", web::post().to(take_bytes))
                 .route("/plain", web::get().to(plain_error)),
         )
         .await;
@@ -510,6 +515,9 @@ mod tests {
             test::TestRequest::get().uri("/query?n=x"),
             test::TestRequest::get().uri("/path/minus"),
             test::TestRequest::get().uri("/plain"),
+            test::TestRequest::post()
+                .uri("/bytes")
+                .set_payload("x".repeat(64)),
         ]));
         let expected = [
             (204, "", ""),
@@ -520,6 +528,7 @@ mod tests {
             (400, PROBLEM_JSON, "wrong-type"),
             (400, PROBLEM_JSON, "wrong-type"),
             (502, PROBLEM_JSON, "http-error"),
+            (413, PROBLEM_JSON, "payload-too-large"),
         ];
         assert_eq!(got.len(), expected.len());
         for (got, (status, content_type, slug)) in got.iter().zip(expected) {
