@@ -1352,3 +1352,32 @@ fn start_up_refuses_a_taken_port_an_empty_key_file_and_bad_limits() {
     .expect("a batch larger than the queue");
     assert!(error.to_string().contains("queue_capacity"), "{error}");
 }
+
+#[test]
+fn clients_that_leave_mid_request_do_not_disturb_the_others() {
+    use std::io::Write;
+    let base = shared();
+    let addr = base.trim_start_matches("http://");
+    let posts: Vec<Value> = store().queries[..16]
+        .iter()
+        .map(|p| json!({"text": p.text}))
+        .collect();
+    let body = json!({ "posts": posts }).to_string();
+    for cut in [None, Some(body.len() / 2)] {
+        // A full request (or half a body) written, then the connection closed without reading the answer.
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let sent = &body.as_bytes()[..cut.unwrap_or(body.len())];
+        write!(
+            stream,
+            "POST /v1/locate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(sent).unwrap();
+        drop(stream);
+    }
+    let text = &store().queries[7].text;
+    let reply = post_json(base, "/v1/locate", &json!({"text": text}));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_close(&reply.json(), &reference_answer(text, None), "after");
+}
