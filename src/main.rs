@@ -42,6 +42,8 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::train::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Ingest(args) => cli::ingest::run(args),
+        Command::Model(args) => cli::ingest::run_model(args),
     };
     match outcome {
         Ok(0) => ExitCode::SUCCESS,

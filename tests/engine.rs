@@ -383,8 +383,9 @@ fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
     assert!(rows[1].starts_with("2,q1,5419384,Denver,"), "{}", rows[1]);
     assert!(rows[2].starts_with("3,q2,5746545,Portland,"), "{}", rows[2]);
 
-    // Another model's settings change its id: the store refuses it and says how to fix it.
-    let (code, _, stderr) = common::run_contrastgeo(
+    // A store built by `index build` carries its model: base-model flags do not change its answers, and a
+    // checkpoint that is not its model is refused with what to do.
+    let (code, stdout, stderr) = common::run_contrastgeo(
         &[
             "locate",
             "--store",
@@ -396,6 +397,26 @@ fn the_binaries_build_an_index_and_locate_around_malformed_lines() {
         ],
         b"Just landed in Denver, Colorado\n",
     );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(common::jsonl_records(&stdout).0[0]["name"], "Denver");
+    let other = tmp.path().join("other-checkpoint");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("contrastgeo.json"),
+        "{\"format\": 1, \"model_id\": \"trained:0123456789abcdef\"}",
+    )
+    .unwrap();
+    let (code, _, stderr) = common::run_contrastgeo(
+        &[
+            "locate",
+            "--store",
+            store_arg,
+            "--checkpoint",
+            other.to_str().unwrap(),
+        ],
+        b"Just landed in Denver, Colorado\n",
+    );
     assert_eq!(code, 1);
+    assert!(stderr.contains("trained:0123456789abcdef"), "{stderr}");
     assert!(stderr.contains("rebuild the index"), "{stderr}");
 }

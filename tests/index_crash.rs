@@ -7,11 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contrastgeo::engine::{Engine, EngineConfig};
-use contrastgeo::model::{GeoModel, GeoModelConfig};
+use contrastgeo::engine::{EngineConfig, LiveStore};
 
 /// How long the killed build may take to start writing its staging store.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -80,7 +78,8 @@ fn start_and_kill_a_big_build(store: &Path, log: &Path) -> PathBuf {
         .unwrap()
         .join(format!(".store.building-{}", child.id()));
     let started = Instant::now();
-    while !staging.join("records.sled").exists() {
+    // The label log is written first, then generation 1's model and index.
+    while !staging.join("labels.sled").exists() {
         if let Some(status) = child.try_wait().unwrap() {
             panic!(
                 "the big build ended ({status}) before it was killed:\n{}",
@@ -126,14 +125,9 @@ fn a_build_killed_midway_leaves_the_old_store_working_and_the_next_build_succeed
 
     // Store A still opens and answers, and it is still A: nothing of the killed build reached it.
     {
-        let model = GeoModel::from_base(
-            &common::model_files(),
-            GeoModelConfig::default(),
-            &candle_core::Device::Cpu,
-        )
-        .expect("load the base model");
-        let engine = Engine::open(&store, Arc::new(model), EngineConfig::default())
+        let live = LiveStore::open(&store, &candle_core::Device::Cpu, EngineConfig::default())
             .expect("the old store opens after the crash");
+        let engine = live.engine();
         let snapshot = engine.snapshot();
         assert_eq!(snapshot.cities().len(), 20);
         assert_eq!(snapshot.cities().support_count(), 0);

@@ -4,13 +4,16 @@
 //! the base model, zero-shot) and building the default store from the whole gazetteer.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ModelArgs;
 use crate::data::{self, DEFAULT_ASSIGN_RADIUS_KM};
-use crate::engine::{BuildProgress, BuildReport, BuildStage, Engine, EngineConfig};
+use crate::engine::{
+    BuildProgress, BuildStage, Engine, EngineConfig, GenerationManifest, LiveStore,
+};
 use crate::geo::{gazetteer, CityTable};
 use crate::model::{GeoModel, GeoModelConfig, ModelFiles};
 use contrastgeo_index::SupportPost;
@@ -103,13 +106,14 @@ pub fn gazetteer_cities(dir: Option<&Path>) -> anyhow::Result<CityTable> {
     })
 }
 
-/// Builds a store with a progress bar on stderr.
+/// Builds a store (label log + generation 1) with a progress bar on stderr.
 pub fn build_with_progress(
     dir: &Path,
     model: &GeoModel,
     cities: &CityTable,
     support: &[SupportPost],
-) -> anyhow::Result<BuildReport> {
+) -> anyhow::Result<GenerationManifest> {
+    let started = std::time::Instant::now();
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -117,7 +121,7 @@ pub fn build_with_progress(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = Engine::build_index(
+    let manifest = LiveStore::create(
         dir,
         model,
         cities.cities(),
@@ -141,17 +145,17 @@ pub fn build_with_progress(
     bar.finish_and_clear();
     eprintln!(
         "indexed {} cities and {} support posts with model `{}` in {:.1}s: {}",
-        report.cities,
-        report.supports,
-        report.model_version,
-        report.seconds,
-        report.dir.display()
+        manifest.cities,
+        manifest.supports,
+        manifest.model_id,
+        started.elapsed().as_secs_f64(),
+        dir.display()
     );
-    Ok(report)
+    Ok(manifest)
 }
 
 /// Builds the zero-shot default store (every gazetteer city's prompt, no support posts) in `dir`.
-pub fn build_default_store(dir: &Path, model: &GeoModel) -> anyhow::Result<BuildReport> {
+pub fn build_default_store(dir: &Path, model: &GeoModel) -> anyhow::Result<GenerationManifest> {
     let cities = gazetteer_cities(None)?;
     eprintln!(
         "no index at {}: building the default one from {} gazetteer city prompts (once)",
@@ -168,10 +172,91 @@ pub fn open_or_build_default(store: Option<&Path>, model: &GeoModel) -> anyhow::
         return Ok(dir.to_path_buf());
     }
     let dir = crate::home::default_store_dir();
-    if !crate::engine::Snapshot::exists(&dir) {
+    if !LiveStore::exists(&dir) && !crate::engine::Snapshot::exists(&dir) {
         build_default_store(&dir, model)?;
     }
     Ok(dir)
+}
+
+/// An opened store: one with generations (it carries its model and takes new labels), or a plain index
+/// built by the library's `Engine::build_index` (queried with the model given on the command line).
+pub enum OpenedStore {
+    /// A store with a label log and generations.
+    Live(Arc<LiveStore>),
+    /// A plain index directory.
+    Plain(Arc<Engine>),
+}
+
+impl OpenedStore {
+    /// The engine answering queries.
+    pub fn engine(&self) -> Arc<Engine> {
+        match self {
+            Self::Live(store) => store.shared_engine(),
+            Self::Plain(engine) => Arc::clone(engine),
+        }
+    }
+
+    /// The store, when it takes new labels.
+    pub fn live(&self) -> Option<&Arc<LiveStore>> {
+        match self {
+            Self::Live(store) => Some(store),
+            Self::Plain(_) => None,
+        }
+    }
+}
+
+/// Opens the store in `store` (or the default store, built on first use) for queries with `config`. A
+/// store with generations answers with its own model: a `--checkpoint` given too must be that model.
+pub fn open_store(
+    store: Option<&Path>,
+    model: &GeoModelArgs,
+    config: EngineConfig,
+) -> anyhow::Result<OpenedStore> {
+    let dir = match store {
+        Some(dir) => dir.to_path_buf(),
+        None => {
+            let dir = crate::home::default_store_dir();
+            if !LiveStore::exists(&dir) && !crate::engine::Snapshot::exists(&dir) {
+                build_default_store(&dir, &model.load()?)?;
+            }
+            dir
+        }
+    };
+    if LiveStore::exists(&dir) {
+        let device = model.model.device.open()?;
+        let live = LiveStore::open(&dir, &device, config)
+            .with_context(|| format!("opening the store {}", dir.display()))?;
+        if let Some(checkpoint) = &model.checkpoint {
+            let wanted = checkpoint_model_id(checkpoint)?;
+            let serving = live.engine().snapshot().model().config().model_id.clone();
+            if wanted != serving {
+                return Err(crate::engine::EngineError::ModelMismatch {
+                    dir,
+                    store: serving,
+                    model: wanted,
+                }
+                .into());
+            }
+        }
+        tracing::info!(
+            store = %dir.display(),
+            generation = live.current_generation(),
+            "opened store"
+        );
+        return Ok(OpenedStore::Live(Arc::new(live)));
+    }
+    let engine = Engine::open(&dir, Arc::new(model.load()?), config)?;
+    Ok(OpenedStore::Plain(Arc::new(engine)))
+}
+
+/// The model id recorded in a checkpoint directory, without loading its weights.
+fn checkpoint_model_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("contrastgeo.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (is it a checkpoint?)", path.display()))?;
+    let config = crate::model::GeoModelConfig::from_json(&text)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
+    Ok(config.model_id)
 }
 
 /// Reads support posts and binds them to `cities`; prints rejected lines and returns how many there were.

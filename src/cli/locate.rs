@@ -3,17 +3,16 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
 
 use super::flags;
-use super::index::{open_or_build_default, GeoModelArgs};
+use super::index::{open_store, GeoModelArgs};
 use super::input::{keep_posts, InputLine, PostReader, PostsInput};
 use super::open_output;
 use super::progress::{bulk_progress, rate_message};
-use crate::engine::{Answer, Engine, EngineConfig};
+use crate::engine::{Answer, EngineConfig};
 
 /// Lines read and located per round: bounds memory on any input size.
 const CHUNK_LINES: usize = 1024;
@@ -225,10 +224,9 @@ impl AnswerWriter {
 pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
     let config = args.engine.config();
     config.validate()?;
-    let model = Arc::new(args.model.load()?);
-    let store = open_or_build_default(args.store.as_deref(), &model)?;
-    tracing::info!(store = %store.display(), ?config, shard = ?args.shard, "locating");
-    let engine = Engine::open(&store, model, config)?;
+    tracing::info!(?config, shard = ?args.shard, "locating");
+    let store = open_store(args.store.as_deref(), &args.model, config)?;
+    let engine = store.engine();
     let (mut reader, size) = PostReader::open(args.posts.input.as_deref(), args.posts.format)?;
     let mut out = AnswerWriter::new(open_output(args.output.as_deref())?, args.output_format)?;
     let bar = bulk_progress(size);

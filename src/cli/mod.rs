@@ -4,6 +4,7 @@ pub mod embed;
 pub mod eval;
 pub mod flags;
 pub mod index;
+pub mod ingest;
 pub mod input;
 pub mod locate;
 pub mod progress;
@@ -48,6 +49,10 @@ pub enum Command {
     Locate(locate::LocateArgs),
     /// Train a ContrastGeo checkpoint from a few labelled posts per city.
     Train(train::TrainArgs),
+    /// Add cities and labelled posts to a store (searchable at once); optionally retrain.
+    Ingest(ingest::IngestArgs),
+    /// List, roll back or retrain a store's model versions.
+    Model(ingest::ModelCommandArgs),
     /// Run the K-shot benchmark protocol (train per K and seed, evaluate every rule).
     Eval(eval::EvalArgs),
     /// Serve the REST API (locate, cities, health, metrics) over a store.

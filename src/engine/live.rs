@@ -166,7 +166,7 @@ pub struct LiveStore {
     dir: PathBuf,
     labels: LabelLog,
     generations: Generations,
-    engine: Engine,
+    engine: Arc<Engine>,
     device: Device,
     /// The live generation; changed only with `writer` held.
     current: Mutex<GenerationId>,
@@ -268,7 +268,7 @@ impl LiveStore {
             dir: dir.to_path_buf(),
             labels,
             generations,
-            engine: Engine::with_snapshot(snapshot, config),
+            engine: Arc::new(Engine::with_snapshot(snapshot, config)),
             device: device.clone(),
             current: Mutex::new(current),
             writer: Mutex::new(()),
@@ -289,6 +289,11 @@ impl LiveStore {
         &self.engine
     }
 
+    /// The engine over the live generation, to hold beside the store (a server's query path).
+    pub fn shared_engine(&self) -> Arc<Engine> {
+        Arc::clone(&self.engine)
+    }
+
     /// The label log.
     pub fn labels(&self) -> &LabelLog {
         &self.labels
@@ -307,8 +312,20 @@ impl LiveStore {
     /// Stores `cities` and `posts` in the label log (acknowledged once flushed) and makes them searchable
     /// in the live generation. Every post's city must be among `cities` or already known.
     pub fn ingest(&self, cities: &[City], posts: &[PostLabel]) -> Result<IngestReport> {
+        self.ingest_with(cities, posts, &|_| {})
+    }
+
+    /// [`LiveStore::ingest`], calling `acknowledged` once the labels are durable and before they are
+    /// applied to the live index (a CLI says so; a crash from then on loses nothing).
+    pub fn ingest_with(
+        &self,
+        cities: &[City],
+        posts: &[PostLabel],
+        acknowledged: &dyn Fn(&contrastgeo_index::Appended),
+    ) -> Result<IngestReport> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let appended = self.labels.append(cities, posts)?;
+        acknowledged(&appended);
         let acknowledged = Instant::now();
         let mut labels: Vec<(LabelSeq, Label)> = appended
             .cities
