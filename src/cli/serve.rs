@@ -7,16 +7,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::flags;
 use super::index::{open_or_build_default, GeoModelArgs};
 use super::locate::EngineArgs;
-use crate::server::{self, ServerConfig, StoreSource};
+use super::UsageError;
+use crate::server::{self, ServeError, ServerConfig, StoreSource};
 
 /// Arguments of `contrastgeo serve`; every setting defaults to [`ServerConfig::default`].
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Store directory [default: $CONTRASTGEO_HOME/data/index/default, else data/index/default in the checkout; built
-    /// from the gazetteer's city prompts on first use, while /readyz answers 503].
-    #[arg(long)]
+    /// Store directory [default: $CONTRASTGEO_STORE, else index/default in the data home, built from the
+    /// gazetteer's city prompts on first use while /readyz answers 503].
+    #[arg(long, env = crate::home::STORE_DIR_ENV)]
     pub store: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port, logged at start-up).
     #[arg(long, env = "CONTRASTGEO_BIND", default_value_t = ServerConfig::default().bind)]
@@ -31,22 +33,22 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = ServerConfig::default().workers)]
     pub workers: usize,
     /// Most posts in one batch request.
-    #[arg(long, default_value_t = ServerConfig::default().batch_limit)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = ServerConfig::default().batch_limit)]
     pub batch_limit: usize,
     /// Most characters in a post's text.
-    #[arg(long, default_value_t = ServerConfig::default().max_text_chars)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = ServerConfig::default().max_text_chars)]
     pub max_text_chars: usize,
     /// Largest request body in bytes.
-    #[arg(long, default_value_t = ServerConfig::default().body_limit_bytes)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = ServerConfig::default().body_limit_bytes)]
     pub body_limit_bytes: usize,
     /// Most posts waiting for the model; more get 503 with Retry-After.
-    #[arg(long, default_value_t = ServerConfig::default().queue_capacity)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = ServerConfig::default().queue_capacity)]
     pub queue_capacity: usize,
     /// Most posts encoded and reranked together.
-    #[arg(long, default_value_t = ServerConfig::default().max_batch_posts)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = ServerConfig::default().max_batch_posts)]
     pub max_batch_posts: usize,
     /// Most characters of text encoded and reranked together.
-    #[arg(long, default_value_t = ServerConfig::default().max_batch_chars)]
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = ServerConfig::default().max_batch_chars)]
     pub max_batch_chars: usize,
     /// How long the batcher waits for more requests to fill a batch, ms.
     #[arg(long, default_value_t = ServerConfig::default().max_batch_wait_ms)]
@@ -100,6 +102,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<usize> {
         let store = open_or_build_default(store.as_deref(), &model)?;
         Ok(StoreSource { model, store })
     });
-    server::run(args.config(), loader)?;
-    Ok(0)
+    match server::run(args.config(), loader) {
+        Err(ServeError::InvalidConfig(why)) => Err(UsageError(why).into()),
+        other => Ok(other.map(|()| 0)?),
+    }
 }

@@ -182,32 +182,24 @@ impl<R: Send + 'static, E: Send + 'static> Batcher<R, E> {
 
     /// Refuses new jobs, lets the worker finish the queued ones, and waits for it to exit. Idempotent.
     pub fn shutdown(&self) {
-        self.shared.lock().closed = true;
-        self.shared.arrived.notify_all();
-        let worker = self
-            .worker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(worker) = worker {
-            if worker.join().is_err() {
-                tracing::error!("the batcher thread panicked");
-            }
-        }
+        close_and_join(&self.shared, &self.worker);
     }
 }
 
 impl<R, E> Drop for Batcher<R, E> {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.arrived.notify_all();
-        let worker = self
-            .worker
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(worker) = worker {
-            let _ = worker.join();
+        close_and_join(&self.shared, &self.worker);
+    }
+}
+
+/// Refuses new jobs, wakes the worker and waits for it to drain the queue and exit. Idempotent.
+fn close_and_join<R, E>(shared: &Shared<R, E>, worker: &Mutex<Option<JoinHandle<()>>>) {
+    shared.lock().closed = true;
+    shared.arrived.notify_all();
+    let worker = worker.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(worker) = worker {
+        if worker.join().is_err() {
+            tracing::error!("the batcher thread panicked");
         }
     }
 }
@@ -390,7 +382,7 @@ mod tests {
     #[test]
     fn jobs_arriving_within_the_wait_share_one_batch_up_to_the_post_budget() {
         let recorder = Arc::new(Recorder::default());
-        let batcher = Batcher::spawn(config(100, 5, 200), recorder.clone(), upper).unwrap();
+        let batcher = Batcher::spawn(config(100, 4, 1000), recorder.clone(), upper).unwrap();
         let receivers: Vec<_> = (0..4)
             .map(|i| batcher.submit(strings(&[&format!("p{i}"), "x"])).unwrap())
             .collect();
@@ -400,7 +392,9 @@ mod tests {
                 [format!("P{i}"), "X".into()]
             );
         }
-        // 8 posts with a 5-post budget: two jobs (4 posts) fit, the third would make 6.
+        // 8 posts with a 4-post budget: two jobs fill a batch (no waiting once full), the third would make 6.
+        // (Shutting down joins the worker, so its last batch is recorded.)
+        batcher.shutdown();
         let batches = recorder.batches.lock().unwrap().clone();
         assert_eq!(batches, [(4, 2), (4, 2)], "{batches:?}");
     }
@@ -415,6 +409,7 @@ mod tests {
         let short = batcher.submit(strings(&["tiny", "post"])).unwrap();
         assert_eq!(long.blocking_recv().unwrap().unwrap(), ["A VERY LONG POST"]);
         assert_eq!(short.blocking_recv().unwrap().unwrap(), ["TINY", "POST"]);
+        batcher.shutdown();
         assert_eq!(*recorder.batches.lock().unwrap(), [(1, 1), (2, 1)]);
     }
 
@@ -463,8 +458,9 @@ mod tests {
     fn a_failing_job_gets_its_error_and_its_batch_neighbours_their_results() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&calls);
+        // The three jobs (4 posts) fill one batch; the long wait only covers a very slow test machine.
         let batcher = Batcher::spawn(
-            config(100, 64, 100),
+            config(100, 4, 2000),
             Arc::new(NoObserver),
             move |texts: &[&str]| {
                 counted.fetch_add(1, Ordering::SeqCst);

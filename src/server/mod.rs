@@ -17,6 +17,9 @@
 //!   document ([`openapi`]).
 //! - SIGTERM and ctrl-c stop the server gracefully: it stops accepting connections, in-flight requests
 //!   finish (up to `shutdown_timeout_s`), then the batcher drains and the process exits 0.
+//! - Handlers read the engine's current generation per request (`Engine::snapshot`), and each batch runs
+//!   on the generation current when it starts, so a generation swapped in with `Engine::swap` (the ingest
+//!   issue's retrain) is served from the next request on without a restart.
 //! - `read_only` serves a private copy of the store ([`replica`]) so several replicas can serve copies of
 //!   one store behind a load balancer. Write routes (the ingest issue) will live in a scope guarded by
 //!   [`auth::require_api_key`] and are not mounted on a read-only replica.
@@ -48,7 +51,6 @@ use api::RequestLimits;
 use auth::WriteAccess;
 use batcher::BatcherConfig;
 use metrics::Metrics;
-use problem::ApiError;
 use replica::StoreReplica;
 use service::{AppState, LocateService};
 
@@ -130,6 +132,9 @@ pub enum ServeError {
     /// The model or the store could not be loaded.
     #[error("cannot load the model and store: {0}")]
     Load(String),
+    /// A thread of the server died (a bug).
+    #[error("{0}")]
+    Thread(String),
     /// The metrics registry refused a metric (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -220,7 +225,7 @@ impl RunningServer {
     pub fn wait(self) -> Result<(), ServeError> {
         self.thread
             .join()
-            .unwrap_or_else(|_| Err(ServeError::Load("the server thread panicked".into())))
+            .unwrap_or_else(|_| Err(ServeError::Thread("the server thread panicked".into())))
     }
 
     /// Stops the server (gracefully: in-flight requests finish) and waits for it.
@@ -242,14 +247,7 @@ pub fn start(
     signals: Signals,
 ) -> Result<RunningServer, ServeError> {
     config.validate()?;
-    let write_access = match (&config.api_key_file, config.read_only) {
-        (Some(path), false) => WriteAccess::from_file(path)?,
-        (Some(_), true) => {
-            tracing::warn!("--api-key-file is ignored: a read-only replica has no write routes");
-            WriteAccess::disabled()
-        }
-        (None, _) => WriteAccess::disabled(),
-    };
+    let write_access = write_access(&config)?;
     tracing::info!(
         config = %serde_json::to_string(&config).unwrap_or_default(),
         writes = if write_access.is_enabled() { "need the API key" } else { "disabled" },
@@ -273,10 +271,11 @@ pub fn start(
         Ok(started) => started.map_err(start_error)?,
         Err(_) => {
             return Err(thread.join().map_or_else(
-                |_| ServeError::Load("the server thread panicked".into()),
+                |_| ServeError::Thread("the server thread panicked".into()),
                 |r| {
-                    r.err()
-                        .unwrap_or(ServeError::Load("the server stopped at start".into()))
+                    r.err().unwrap_or(ServeError::Thread(
+                        "the server thread stopped before binding".into(),
+                    ))
                 },
             ))
         }
@@ -291,6 +290,18 @@ pub fn start(
         addr,
         handle,
         thread,
+    })
+}
+
+/// Who may call write routes: the key of `--api-key-file`, or nobody (no key file, or a read-only replica).
+fn write_access(config: &ServerConfig) -> Result<WriteAccess, ServeError> {
+    Ok(match (&config.api_key_file, config.read_only) {
+        (Some(path), false) => WriteAccess::from_file(path)?,
+        (Some(_), true) => {
+            tracing::warn!("--api-key-file is ignored: a read-only replica has no write routes");
+            WriteAccess::disabled()
+        }
+        (None, _) => WriteAccess::disabled(),
     })
 }
 
@@ -312,19 +323,7 @@ fn serve(
                 .app_data(app_state.clone())
                 .app_data(app_metrics.clone())
                 .app_data(web::Data::new(write_access.clone()))
-                .app_data(web::PayloadConfig::new(body_limit))
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(body_limit)
-                        .error_handler(|e, _| ApiError::from_json_payload(e).into()),
-                )
-                .app_data(
-                    web::QueryConfig::default()
-                        .error_handler(|e, _| ApiError::from_query(e).into()),
-                )
-                .app_data(
-                    web::PathConfig::default().error_handler(|e, _| ApiError::from_path(e).into()),
-                )
+                .configure(|config| problem::extractor_errors_as_problems(config, body_limit))
                 .wrap(ErrorHandlers::new().default_handler(problem::plain_errors_to_problems))
                 .wrap(from_fn(metrics::record))
                 .configure(routes::configure)

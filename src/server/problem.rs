@@ -13,7 +13,7 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::middleware::ErrorHandlerResponse;
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{web, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineError;
@@ -105,10 +105,10 @@ pub enum ApiError {
         allowed: Vec<String>,
     },
     /// The body is larger than the configured limit.
-    #[error("the request body is larger than the limit of {limit} bytes")]
+    #[error("the request body is larger than the limit{}", limit.map(|l| format!(" of {l} bytes")).unwrap_or_default())]
     PayloadTooLarge {
-        /// The limit in bytes.
-        limit: usize,
+        /// The limit in bytes, when known.
+        limit: Option<usize>,
     },
     /// The body is not declared as JSON.
     #[error("the request body must be `application/json`, not {}", found.as_deref().map_or("a body without Content-Type".to_string(), |c| format!("`{c}`")))]
@@ -151,6 +151,14 @@ pub enum ApiError {
     #[error("internal error: {detail}")]
     Internal {
         /// What failed.
+        detail: String,
+    },
+    /// An error response from outside this module (one of actix's own), kept with its status.
+    #[error("{detail}")]
+    Unexpected {
+        /// Its status.
+        status: StatusCode,
+        /// What actix said.
         detail: String,
     },
 }
@@ -242,6 +250,7 @@ impl ApiError {
                 "internal",
                 "Internal error",
             ),
+            Self::Unexpected { status, .. } => kind(*status, "http-error", "HTTP error"),
         }
     }
 
@@ -250,7 +259,18 @@ impl ApiError {
         match self {
             Self::WrongType { field, .. } | Self::InvalidValue { field, .. } => Some(field),
             Self::CityNotFound { .. } => Some("id"),
-            _ => None,
+            Self::MalformedJson { .. }
+            | Self::RouteNotFound { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::PayloadTooLarge { .. }
+            | Self::UnsupportedMediaType { .. }
+            | Self::Unauthorized { .. }
+            | Self::Overloaded { .. }
+            | Self::NotReady { .. }
+            | Self::ShuttingDown
+            | Self::Timeout { .. }
+            | Self::Internal { .. }
+            | Self::Unexpected { .. } => None,
         }
     }
 
@@ -333,7 +353,7 @@ impl ApiError {
     pub fn from_json_payload(error: JsonPayloadError) -> Self {
         match error {
             JsonPayloadError::OverflowKnownLength { limit, .. }
-            | JsonPayloadError::Overflow { limit } => Self::PayloadTooLarge { limit },
+            | JsonPayloadError::Overflow { limit } => Self::PayloadTooLarge { limit: Some(limit) },
             JsonPayloadError::ContentType => Self::UnsupportedMediaType { found: None },
             JsonPayloadError::Deserialize(e) if e.is_data() => {
                 Self::wrong_type("body", e.to_string())
@@ -361,6 +381,20 @@ impl ApiError {
     }
 }
 
+/// Configures actix's extractors (`web::Json`, `web::Query`, `web::Path`, `web::Bytes`) with the body limit
+/// and with error handlers that answer problems instead of actix's plain-text errors.
+pub fn extractor_errors_as_problems(config: &mut web::ServiceConfig, body_limit: usize) {
+    config
+        .app_data(web::PayloadConfig::new(body_limit))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(body_limit)
+                .error_handler(|e, _| ApiError::from_json_payload(e).into()),
+        )
+        .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::from_query(e).into()))
+        .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::from_path(e).into()));
+}
+
 /// Error-handler middleware hook: an error response that is not already a problem (one of actix's
 /// plain-text errors) is replaced by a problem with the same status.
 pub fn plain_errors_to_problems<B: MessageBody + 'static>(
@@ -378,11 +412,14 @@ pub fn plain_errors_to_problems<B: MessageBody + 'static>(
     let path = res.request().path().to_string();
     let error = match status {
         StatusCode::NOT_FOUND => ApiError::RouteNotFound { path },
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: 0 },
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: None },
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType { found: None },
-        s if s.is_client_error() => ApiError::wrong_type("request", s.to_string()),
-        s => ApiError::Internal {
-            detail: s.to_string(),
+        status => ApiError::Unexpected {
+            status,
+            detail: status
+                .canonical_reason()
+                .unwrap_or("HTTP error")
+                .to_string(),
         },
     };
     let (request, _) = res.into_parts();
@@ -390,4 +427,172 @@ pub fn plain_errors_to_problems<B: MessageBody + 'static>(
     Ok(ErrorHandlerResponse::Response(
         response.map_into_right_body(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::middleware::ErrorHandlers;
+    use actix_web::{test, App};
+
+    #[derive(Debug, Deserialize)]
+    struct Thing {
+        #[allow(dead_code)]
+        n: u32,
+    }
+
+    async fn take_json(_: web::Json<Thing>) -> HttpResponse {
+        HttpResponse::NoContent().finish()
+    }
+
+    async fn take_query(_: web::Query<Thing>) -> HttpResponse {
+        HttpResponse::NoContent().finish()
+    }
+
+    async fn take_path(_: web::Path<u32>) -> HttpResponse {
+        HttpResponse::NoContent().finish()
+    }
+
+    async fn take_bytes(_: web::Bytes) -> HttpResponse {
+        HttpResponse::NoContent().finish()
+    }
+
+    async fn plain_error() -> HttpResponse {
+        HttpResponse::BadGateway().body("upstream down")
+    }
+
+    /// (status, content type, problem type) of each request.
+    async fn answers(requests: Vec<test::TestRequest>) -> Vec<(u16, String, String)> {
+        let app = test::init_service(
+            App::new()
+                .configure(|c| extractor_errors_as_problems(c, 32))
+                .wrap(ErrorHandlers::new().default_handler(plain_errors_to_problems))
+                .route("/json", web::post().to(take_json))
+                .route("/query", web::get().to(take_query))
+                .route("/path/{n}", web::get().to(take_path))
+                .route("/bytes", web::post().to(take_bytes))
+                .route("/plain", web::get().to(plain_error)),
+        )
+        .await;
+        let mut out = Vec::new();
+        for request in requests {
+            let res = test::call_service(&app, request.to_request()).await;
+            let status = res.status().as_u16();
+            let content_type = res
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap_or_default().to_string())
+                .unwrap_or_default();
+            let body: serde_json::Value =
+                serde_json::from_slice(&test::read_body(res).await).unwrap_or_default();
+            let slug = body["type"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches(TYPE_PREFIX)
+                .to_string();
+            out.push((status, content_type, slug));
+        }
+        out
+    }
+
+    #[test]
+    fn actix_extractor_and_plain_errors_become_problems() {
+        let json = |body: &str, content_type: &str| {
+            test::TestRequest::post()
+                .uri("/json")
+                .insert_header((header::CONTENT_TYPE, content_type.to_string()))
+                .set_payload(body.to_string())
+        };
+        let got = actix_web::rt::System::new().block_on(answers(vec![
+            json(r#"{"n": 1}"#, "application/json"),
+            json(r#"{"n": "#, "application/json"),
+            json(r#"{"n": "one"}"#, "application/json"),
+            json(r#"{"n": 1}"#, "text/plain"),
+            json(
+                &format!(r#"{{"n": 1, "pad": "{}"}}"#, "x".repeat(64)),
+                "application/json",
+            ),
+            test::TestRequest::get().uri("/query?n=x"),
+            test::TestRequest::get().uri("/path/minus"),
+            test::TestRequest::get().uri("/plain"),
+            test::TestRequest::post()
+                .uri("/bytes")
+                .set_payload("x".repeat(64)),
+        ]));
+        let expected = [
+            (204, "", ""),
+            (400, PROBLEM_JSON, "malformed-json"),
+            (400, PROBLEM_JSON, "wrong-type"),
+            (415, PROBLEM_JSON, "unsupported-media-type"),
+            (413, PROBLEM_JSON, "payload-too-large"),
+            (400, PROBLEM_JSON, "wrong-type"),
+            (400, PROBLEM_JSON, "wrong-type"),
+            (502, PROBLEM_JSON, "http-error"),
+            (413, PROBLEM_JSON, "payload-too-large"),
+        ];
+        assert_eq!(got.len(), expected.len());
+        for (got, (status, content_type, slug)) in got.iter().zip(expected) {
+            assert_eq!(
+                (got.0, got.1.as_str(), got.2.as_str()),
+                (status, content_type, slug)
+            );
+        }
+    }
+
+    #[test]
+    fn problems_carry_their_status_headers_and_field() {
+        let cases = [
+            (
+                ApiError::Overloaded {
+                    queued: 3,
+                    retry_after_s: 7,
+                },
+                503,
+                Some((header::RETRY_AFTER, "7")),
+            ),
+            (
+                ApiError::NotReady { retry_after_s: 2 },
+                503,
+                Some((header::RETRY_AFTER, "2")),
+            ),
+            (
+                ApiError::MethodNotAllowed {
+                    method: "GET".into(),
+                    path: "/v1/locate".into(),
+                    allowed: vec!["POST".into()],
+                },
+                405,
+                Some((header::ALLOW, "POST")),
+            ),
+            (
+                ApiError::Unauthorized {
+                    reason: "no key".into(),
+                },
+                401,
+                Some((header::WWW_AUTHENTICATE, "Bearer")),
+            ),
+            (ApiError::Timeout { timeout_ms: 5 }, 504, None),
+            (ApiError::invalid("posts[3].text", "empty"), 422, None),
+        ];
+        for (error, status, header) in cases {
+            let response = error.error_response();
+            assert_eq!(response.status().as_u16(), status, "{error}");
+            assert_eq!(
+                response.headers().get(header::CONTENT_TYPE).unwrap(),
+                PROBLEM_JSON
+            );
+            if let Some((name, value)) = header {
+                assert_eq!(response.headers().get(name).unwrap(), value, "{error}");
+            }
+        }
+        let problem = ApiError::invalid("posts[3].text", "empty").problem_at(3);
+        assert_eq!(problem.field.as_deref(), Some("posts[3].text"));
+        assert_eq!(problem.index, Some(3));
+        assert_eq!(problem.status, 422);
+        assert!(problem.detail.contains("posts[3].text"));
+        assert_eq!(
+            ApiError::CityNotFound { id: 9 }.problem().field.as_deref(),
+            Some("id")
+        );
+    }
 }

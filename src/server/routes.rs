@@ -135,14 +135,14 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
+        return Err(ApiError::PayloadTooLarge { limit: Some(limit) });
     }
     match payload.to_bytes_limited(limit).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(error)) => Err(ApiError::MalformedJson {
             detail: format!("the body could not be read: {error}"),
         }),
-        Err(_too_large) => Err(ApiError::PayloadTooLarge { limit }),
+        Err(_too_large) => Err(ApiError::PayloadTooLarge { limit: Some(limit) }),
     }
 }
 

@@ -19,15 +19,14 @@ use super::replica::StoreReplica;
 use super::ServerConfig;
 use crate::engine::{Answer, Engine, EngineError};
 
-/// The engine behind its queue. Fields drop in order: the batcher (joining its thread) first, the store
-/// copy last.
+/// The engine behind its queue, and the private store copy of a read-only replica.
 pub struct LocateService {
     batcher: Batcher<Answer, EngineError>,
     engine: Arc<Engine>,
     read_only: bool,
     retry_after_s: u64,
     timeout: Duration,
-    _replica: Option<StoreReplica>,
+    replica: Mutex<Option<StoreReplica>>,
 }
 
 impl LocateService {
@@ -48,7 +47,7 @@ impl LocateService {
             read_only: config.read_only,
             retry_after_s: config.retry_after_s,
             timeout: Duration::from_millis(config.request_timeout_ms),
-            _replica: replica,
+            replica: Mutex::new(replica),
         })
     }
 
@@ -86,7 +85,11 @@ impl LocateService {
                 let results = posts
                     .iter()
                     .enumerate()
-                    .map(|(index, post)| batch_item(index, post, answers.next()))
+                    .map(|(index, post)| {
+                        // Only valid posts were located: take the next answer for those alone.
+                        let answer = post.as_ref().ok().and_then(|_| answers.next());
+                        batch_item(index, post, answer)
+                    })
                     .collect();
                 Ok(LocateReply::Batch(BatchLocateResponse { results }))
             }
@@ -113,9 +116,16 @@ impl LocateService {
         }
     }
 
-    /// Refuses new work, finishes the queued work, stops the batcher thread.
+    /// Refuses new work, finishes the queued work, stops the batcher thread, and removes a read-only
+    /// replica's store copy (open files stay readable until the process exits).
     pub fn shutdown(&self) {
         self.batcher.shutdown();
+        let replica = self
+            .replica
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(replica);
     }
 }
 
