@@ -15,6 +15,8 @@
 //! - Every error is a problem object ([`problem`]), mapped to its status in one exhaustive match.
 //! - Routes are one table ([`routes::ROUTES`]) that both registers the handlers and writes the OpenAPI
 //!   document ([`openapi`]).
+//! - The analyst's web page ([`page`]) is served at `/` from files embedded in the binary; it is a client of
+//!   the same REST routes.
 //! - SIGTERM and ctrl-c stop the server gracefully: it stops accepting connections, in-flight requests
 //!   finish (up to `shutdown_timeout_s`), then the batcher drains and the process exits 0.
 //! - Handlers read the engine's current generation per request (`Engine::snapshot`), and each batch runs
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod batcher;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod problem;
 pub mod replica;
 pub mod routes;

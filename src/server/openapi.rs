@@ -11,6 +11,7 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use super::api::{CityDetail, CityList, CitySearch, Health, LocateBody, LocateReply, Readiness};
+use super::page;
 use super::problem::{Problem, PROBLEM_JSON};
 use super::routes::{Operation, Route, ROUTES};
 
@@ -126,7 +127,46 @@ fn operation(route: &Route, g: &mut SchemaGenerator) -> Value {
                 "content": { "application/json": { "schema": { "type": "object" } } }
             }), &[]),
         }),
+        Operation::Page => page_operation(route),
     }
+}
+
+/// A file of the web page: documented so that every served route is listed, tagged `page` as not part of
+/// the API.
+fn page_operation(route: &Route) -> Value {
+    let Some(file) = page::file(route.path) else {
+        return json!({ "summary": "A file of the web page", "tags": ["page"], "responses": {} });
+    };
+    let name: String = route
+        .path
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map_or(String::new(), |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect();
+    let media_type = file
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or(file.content_type);
+    json!({
+        "operationId": format!("page{name}"),
+        "summary": file.summary,
+        "description": "Not an API route: a static file of the analyst's web page, embedded in the binary. \
+            Answers carry an `ETag`; a matching `If-None-Match` gets 304.",
+        "tags": ["page"],
+        "responses": {
+            "200": {
+                "description": file.summary,
+                "content": { (media_type): { "schema": { "type": "string" } } }
+            },
+            "304": { "description": "Not modified (the `If-None-Match` tag is current)" }
+        },
+    })
 }
 
 /// A reference to `T`'s schema (registered under `components/schemas`).

@@ -11,6 +11,7 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::api::{self, CityDetail, CityList, CitySearch, Health, Readiness};
+use super::page;
 use super::problem::ApiError;
 use super::service::AppState;
 
@@ -31,6 +32,9 @@ pub enum Operation {
     Metrics,
     /// `GET /openapi.json`: this API's description.
     OpenApi,
+    /// `GET /` and `GET /page/...`: the analyst's web page, a static file embedded in the binary
+    /// ([`super::page`]); not an API route, documented as such.
+    Page,
 }
 
 /// One route: method, path (with `{param}` segments, as actix and OpenAPI both write them) and operation.
@@ -81,6 +85,32 @@ pub const ROUTES: &[Route] = &[
         path: "/openapi.json",
         operation: Operation::OpenApi,
     },
+    // The web page: one row per file of `page::PAGE_FILES` (a unit test checks they match).
+    Route {
+        method: "GET",
+        path: "/",
+        operation: Operation::Page,
+    },
+    Route {
+        method: "GET",
+        path: "/page/app.js",
+        operation: Operation::Page,
+    },
+    Route {
+        method: "GET",
+        path: "/page/page.css",
+        operation: Operation::Page,
+    },
+    Route {
+        method: "GET",
+        path: "/page/countries-110m.json",
+        operation: Operation::Page,
+    },
+    Route {
+        method: "GET",
+        path: "/page/NOTICE",
+        operation: Operation::Page,
+    },
 ];
 
 /// Registers one resource per path of [`ROUTES`], with a 405 problem for the methods it does not take.
@@ -99,6 +129,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 Operation::Ready => resource.route(on.to(ready)),
                 Operation::Metrics => resource.route(on.to(metrics)),
                 Operation::OpenApi => resource.route(on.to(openapi)),
+                Operation::Page => resource.route(on.to(page::serve)),
             };
         }
         config.service(resource);
@@ -235,4 +266,20 @@ pub async fn route_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError>
     Err(ApiError::RouteNotFound {
         path: req.path().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_page_file_has_a_route_and_every_page_route_a_file() {
+        let routed: BTreeSet<&str> = ROUTES
+            .iter()
+            .filter(|r| r.operation == Operation::Page)
+            .map(|r| r.path)
+            .collect();
+        let files: BTreeSet<&str> = page::PAGE_FILES.iter().map(|f| f.path).collect();
+        assert_eq!(routed, files);
+    }
 }
