@@ -160,10 +160,16 @@ function makeMap(container, label) {
   loadWorld().then((w) => { land.setAttribute("d", w.land); borders.setAttribute("d", w.borders); })
     .catch(() => container.setAttribute("title", "The map outline could not be loaded."));
   let width = 360;
+  borders.setAttribute("stroke-width", 360 * 0.0022);
 
   /** Fits the view to points [lat, lon] (at least 40 degrees wide, 2:1, inside the world). */
   function fit(points) {
-    if (!points.length) { root.setAttribute("viewBox", "0 0 360 180"); width = 360; return; }
+    const view = (x, y, w) => {
+      root.setAttribute("viewBox", `${x} ${y} ${w} ${w / 2}`);
+      borders.setAttribute("stroke-width", w * 0.0022);
+      width = w;
+    };
+    if (!points.length) { view(0, 0, 360); return; }
     const xy = points.map(([lat, lon]) => project(lat, lon));
     const xs = xy.map((p) => p[0]), ys = xy.map((p) => p[1]);
     let w = Math.max(40, (Math.max(...xs) - Math.min(...xs)) * 1.3, (Math.max(...ys) - Math.min(...ys)) * 2.6);
@@ -171,15 +177,15 @@ function makeMap(container, label) {
     const h = w / 2;
     const cx = (Math.max(...xs) + Math.min(...xs)) / 2, cy = (Math.max(...ys) + Math.min(...ys)) / 2;
     const x = Math.min(360 - w, Math.max(0, cx - w / 2)), y = Math.min(180 - h, Math.max(0, cy - h / 2));
-    root.setAttribute("viewBox", `${x} ${y} ${w} ${h}`);
-    width = w;
+    view(x, y, w);
   }
 
   return {
     /** Shows `cities` ({city_id, name, lat, lon, probability}) sized by probability, `best` highlighted. */
     show(cities, best) {
       marks.replaceChildren();
-      fit(cities.map((c) => [c.lat, c.lon]));
+      // The view fits the likely cities (the answer and any with 5% or more); the rest may lie outside it.
+      fit(cities.filter((c) => c.city_id === best || c.probability >= 0.05).map((c) => [c.lat, c.lon]));
       const ordered = [...cities].sort((a, b) => (a.city_id === best) - (b.city_id === best));
       for (const c of ordered) {
         const [x, y] = project(c.lat, c.lon);
@@ -190,9 +196,9 @@ function makeMap(container, label) {
         title.textContent = `${c.name}: ${percent(c.probability)}`;
         dot.append(title);
         marks.append(dot);
-        if (c.city_id === best || c.probability >= 0.15) {
-          const text = svg("text", { x: x + r + width * 0.006, y: y + width * 0.008, class: "label",
-            "font-size": width * 0.028 });
+        if (c.city_id === best) {
+          const text = svg("text", { x: x + r + width * 0.006, y: y + width * 0.007, class: "label",
+            "font-size": width * 0.024, "stroke-width": width * 0.006 });
           text.textContent = c.name;
           marks.append(text);
         }

@@ -1,0 +1,543 @@
+//! The analyst's web page in a real browser: headless Chromium driven over WebDriver against a real server
+//! (the real base model, a real store built from `tests/fixtures`, an API key file).
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`apt-get install -y chromium chromium-driver`; `.ci/run`
+//! installs them); `CONTRASTGEO_CHROMIUM` and `CONTRASTGEO_CHROMEDRIVER` name other binaries. Without them
+//! the tests fail at once saying how to install them. Screenshots go to `target/screenshots/`.
+//!
+//! The WebDriver client is the few W3C WebDriver commands the tests use, over `ureq` (already the HTTP
+//! client of the other server tests): a client crate would add an async stack and dozens of crates to the
+//! build for the same dozen HTTP calls.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use contrastgeo::engine::{EngineConfig, LiveStore};
+use contrastgeo::model::{GeoModel, GeoModelConfig};
+use contrastgeo::server::{self, ServerConfig, Signals, StoreSource};
+use serde_json::{json, Value};
+
+/// The key of the test server's write routes.
+const API_KEY: &str = "page-test-key";
+
+/// The W3C WebDriver key of an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// `(status, JSON body)` of a request.
+fn call(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let agent = agent();
+    let response = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("DELETE", _) => agent.delete(url).call(),
+        (_, body) => agent
+            .post(url)
+            .header("content-type", "application/json")
+            .send(body.unwrap_or(&json!({})).to_string().as_bytes()),
+    };
+    let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+// ---- The server ----------------------------------------------------------------------------------------
+
+/// The server the tests share: a writable store built from the fixtures (five support posts per city),
+/// with an API key. Never stopped; it dies with the test binary.
+fn server() -> &'static str {
+    static SERVER: OnceLock<String> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let tmp = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+        let model = Arc::new(
+            GeoModel::from_base(
+                &common::model_files(),
+                GeoModelConfig::default(),
+                &candle_core::Device::Cpu,
+            )
+            .expect("load the base model"),
+        );
+        let dir = tmp.path().join("store");
+        LiveStore::create(
+            &dir,
+            &model,
+            common::fixture_cities().cities(),
+            &common::fixture_support(5),
+            &EngineConfig::default(),
+            &|_| {},
+        )
+        .expect("build the fixture store");
+        let key_file = tmp.path().join("api-key");
+        std::fs::write(&key_file, format!("{API_KEY}\n")).unwrap();
+        let config = ServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            api_key_file: Some(key_file),
+            workers: 2,
+            ..ServerConfig::default()
+        };
+        let store = served_dir(&dir);
+        let loader: server::Loader = Box::new(move || Ok(StoreSource { model, store }));
+        let running = server::start(config, loader, Signals::Ignore).expect("start the server");
+        let base = format!("http://{}", running.addr());
+        std::mem::forget(running);
+        let started = Instant::now();
+        while call("GET", &format!("{base}/readyz"), None).0 != 200 {
+            assert!(started.elapsed() < Duration::from_secs(120), "never ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        base
+    })
+}
+
+/// The directory the server opens for a store made by `LiveStore::create`.
+fn served_dir(store: &Path) -> PathBuf {
+    store.join("generations/000001/index")
+}
+
+// ---- A small WebDriver client -----------------------------------------------------------------------
+
+/// A headless Chromium session, and the chromedriver process serving it.
+struct Browser {
+    driver: Child,
+    session: String,
+}
+
+/// A binary named by `env`, else the first of `names` found on the PATH.
+fn find_binary(env: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium window of `width` x `height`.
+    fn start(width: u32, height: u32) -> Self {
+        let install =
+            "install them with `apt-get update && apt-get install -y chromium chromium-driver` \
+             (Debian; .ci/run does this), or name the binaries with CONTRASTGEO_CHROMIUM and \
+             CONTRASTGEO_CHROMEDRIVER";
+        let chromium = find_binary("CONTRASTGEO_CHROMIUM", &["chromium", "chromium-browser"])
+            .unwrap_or_else(|| {
+                panic!("the page tests need Chromium, which was not found: {install}")
+            });
+        let chromedriver = find_binary("CONTRASTGEO_CHROMEDRIVER", &["chromedriver"])
+            .unwrap_or_else(|| {
+                panic!("the page tests need chromedriver, which was not found: {install}")
+            });
+        let port = free_port();
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}; {install}", chromedriver.display()));
+        let mut browser = Self {
+            driver,
+            session: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        loop {
+            let ready = agent()
+                .get(format!("{}/status", browser.session))
+                .call()
+                .is_ok();
+            if ready {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "chromedriver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--hide-scrollbars", format!("--window-size={width},{height}")]
+            }
+        }}});
+        let (status, created) = call(
+            "POST",
+            &format!("{}/session", browser.session),
+            Some(&capabilities),
+        );
+        assert_eq!(status, 200, "a Chromium session: {created}");
+        let id = created["value"]["sessionId"].as_str().unwrap().to_string();
+        browser.session = format!("{}/session/{id}", browser.session);
+        browser.set_size(width, height);
+        browser
+    }
+
+    /// A WebDriver command; returns its `value`, panicking with the driver's message on an error.
+    fn command(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, reply) = call(method, &format!("{}{path}", self.session), body.as_ref());
+        assert_eq!(status, 200, "WebDriver {method} {path}: {reply}");
+        reply["value"].clone()
+    }
+
+    fn set_size(&self, width: u32, height: u32) {
+        self.command(
+            "POST",
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        );
+    }
+
+    fn goto(&self, url: &str) {
+        self.command("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    /// The element matching a CSS selector.
+    fn find(&self, css: &str) -> String {
+        let found = self.command(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        found[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("{css}: {found}"))
+            .to_string()
+    }
+
+    /// Types `text` into the element (after clearing it when `clear`).
+    fn type_into(&self, css: &str, text: &str, clear: bool) {
+        let element = self.find(css);
+        if clear {
+            self.command(
+                "POST",
+                &format!("/element/{element}/clear"),
+                Some(json!({})),
+            );
+        }
+        if text.is_empty() {
+            return;
+        }
+        self.command(
+            "POST",
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+        );
+    }
+
+    fn click(&self, css: &str) {
+        let element = self.find(css);
+        self.command(
+            "POST",
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        );
+    }
+
+    /// Presses Enter on the element (a keyboard user activating a button).
+    fn press_enter(&self, css: &str) {
+        let element = self.find(css);
+        self.command(
+            "POST",
+            &format!("/element/{element}/value"),
+            Some(json!({"text": "\u{E007}"})),
+        );
+    }
+
+    /// Clicks `(dx, dy)` CSS pixels from the centre of the element.
+    fn click_at(&self, css: &str, dx: f64, dy: f64) {
+        let element = self.find(css);
+        let origin = json!({ ELEMENT: element });
+        self.command(
+            "POST",
+            "/actions",
+            Some(json!({"actions": [{
+                "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+                "actions": [
+                    {"type": "pointerMove", "origin": origin, "x": dx.round() as i64, "y": dy.round() as i64},
+                    {"type": "pointerDown", "button": 0},
+                    {"type": "pointerUp", "button": 0}
+                ]
+            }]})),
+        );
+    }
+
+    /// Runs `script` (a function body; `arguments` as in WebDriver) in the page and returns its value.
+    fn js(&self, script: &str) -> Value {
+        self.command(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
+    /// Waits until `script` returns something truthy (not null, false, 0 or ""), and returns it.
+    fn wait_for(&self, what: &str, script: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let value = self.js(script);
+            let truthy = match &value {
+                Value::Null => false,
+                Value::Bool(b) => *b,
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                Value::String(s) => !s.is_empty(),
+                _ => true,
+            };
+            if truthy {
+                return value;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Saves a PNG screenshot as `target/screenshots/NAME.png`.
+    fn screenshot(&self, name: &str) -> PathBuf {
+        let encoded = self.command("GET", "/screenshot", None);
+        let png = base64_decode(encoded.as_str().unwrap());
+        let dir = screenshots_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = agent().delete(&self.session).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// `target/screenshots/` (beside the test binaries' own `target/tmp`).
+fn screenshots_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(Path::new("target"))
+        .join("screenshots")
+}
+
+/// Standard base64 (what WebDriver screenshots are) to bytes.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .map(value)
+        .collect();
+    digits
+        .chunks(4)
+        .flat_map(|chunk| {
+            let bits = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, d)| acc | (u32::from(*d) << (18 - 6 * i)));
+            let bytes = bits.to_be_bytes();
+            bytes[1..chunk.len()].to_vec()
+        })
+        .collect()
+}
+
+// ---- The page --------------------------------------------------------------------------------------
+
+/// Opens the page and waits until it says the server is ready.
+fn open_page(browser: &Browser) -> String {
+    let base = server();
+    browser.goto(&format!("{base}/"));
+    browser.wait_for(
+        "the page to say the server is ready",
+        "return document.getElementById('server-status').textContent.startsWith('Ready');",
+    );
+    base.to_string()
+}
+
+/// Types a post, submits it from the keyboard and waits for the answer; returns the answered city id.
+fn try_post(browser: &Browser, text: &str) -> u64 {
+    browser.js("document.getElementById('answer').removeAttribute('data-city-id');");
+    browser.type_into("#try-text", text, true);
+    browser.press_enter("#try-submit");
+    let id = browser.wait_for(
+        "the answer",
+        "return document.getElementById('answer').dataset.cityId || null;",
+    );
+    id.as_str().unwrap().parse().unwrap()
+}
+
+/// What the page shows of the answer: name, probability, shortlist rows, evidence items, and the map's
+/// circles (city id, highlighted).
+fn shown_answer(browser: &Browser) -> Value {
+    browser.js(
+        "const $ = (s) => document.querySelector(s);
+         return {
+           name: $('#answer-name').textContent,
+           probability: $('#answer-probability').textContent,
+           shortlist: [...document.querySelectorAll('#shortlist li')].map((li) => li.textContent),
+           evidence: [...document.querySelectorAll('#evidence li')].map((li) => li.textContent),
+           circles: [...document.querySelectorAll('#answer-map circle')].map((c) =>
+             ({id: +c.dataset.cityId, best: c.classList.contains('best'), r: +c.getAttribute('r')})),
+         };",
+    )
+}
+
+#[test]
+fn a_post_is_answered_with_its_shortlist_evidence_and_map_and_an_empty_post_gets_the_apis_error() {
+    let browser = Browser::start(1280, 800);
+    let base = open_page(&browser);
+
+    // Every input has a label; nothing is fetched from another origin.
+    let unlabelled = browser.js(
+        "return [...document.querySelectorAll('input, textarea, select')]
+           .filter((e) => e.labels.length === 0).map((e) => e.id);",
+    );
+    assert_eq!(unlabelled, json!([]), "inputs without a label");
+
+    let text = "Breakfast tacos on South Congress, then Barton Springs and a show on Sixth Street";
+    let city = try_post(&browser, text);
+    let (status, answer) = call(
+        "POST",
+        &format!("{base}/v1/locate"),
+        Some(&json!({ "text": text })),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        city,
+        answer["city_id"].as_u64().unwrap(),
+        "the API's answer"
+    );
+    let shown = shown_answer(&browser);
+    assert_eq!(shown["name"], answer["name"]);
+    let top_k = answer["top_k"].as_array().unwrap();
+    assert_eq!(shown["shortlist"].as_array().unwrap().len(), top_k.len());
+    assert!(shown["shortlist"][0]
+        .as_str()
+        .unwrap()
+        .starts_with(answer["name"].as_str().unwrap()));
+    let evidence = answer["evidence"].as_array().unwrap();
+    if let Some(first) = evidence.first() {
+        assert!(shown["evidence"][0]
+            .as_str()
+            .unwrap()
+            .contains(first["text"].as_str().unwrap()));
+    }
+    let circles = shown["circles"].as_array().unwrap();
+    assert_eq!(
+        circles.len(),
+        top_k.len(),
+        "one circle per shortlisted city"
+    );
+    let best: Vec<&Value> = circles.iter().filter(|c| c["best"] == true).collect();
+    assert_eq!(best.len(), 1);
+    assert_eq!(
+        best[0]["id"].as_u64(),
+        Some(city),
+        "the answer is highlighted"
+    );
+    let largest = circles
+        .iter()
+        .map(|c| c["r"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(best[0]["r"].as_f64(), Some(largest), "sized by probability");
+    let outside = browser.js(
+        "return performance.getEntriesByType('resource').map((e) => e.name)
+           .filter((u) => !u.startsWith(location.origin));",
+    );
+    assert_eq!(outside, json!([]), "requests to other origins");
+    let map_drawn =
+        browser.js("return document.querySelector('#answer-map .land').getAttribute('d').length;");
+    assert!(
+        map_drawn.as_u64().unwrap() > 10_000,
+        "the map outline is drawn"
+    );
+    browser.screenshot("page-answer");
+
+    // An empty post: the API's problem is shown next to the text box, which is marked and focused.
+    browser.type_into("#try-text", "", true);
+    browser.click("#try-submit");
+    let shown = browser.wait_for(
+        "the error next to the text box",
+        "return document.getElementById('try-text-error').textContent;",
+    );
+    let (status, problem) = call(
+        "POST",
+        &format!("{base}/v1/locate"),
+        Some(&json!({"text": ""})),
+    );
+    assert_eq!((status, problem["field"].as_str()), (422, Some("text")));
+    assert_eq!(shown, problem["detail"]);
+    let marked = browser.js("const t = document.getElementById('try-text');
+         return [t.getAttribute('aria-invalid'), document.activeElement === t];");
+    assert_eq!(marked, json!(["true", true]));
+    browser.screenshot("page-empty-post");
+
+    // A narrow screen: everything fits the width.
+    browser.set_size(390, 844);
+    let overflow = browser
+        .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;");
+    assert_eq!(
+        overflow,
+        json!(0),
+        "horizontal scrolling on a narrow screen"
+    );
+    browser.screenshot("page-narrow");
+}
+
+#[test]
+fn page_files_are_served_with_their_types_and_revalidated_by_etag() {
+    let base = server();
+    for file in server::page::PAGE_FILES {
+        let mut response = agent().get(format!("{base}{}", file.path)).call().unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{}", file.path);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        assert_eq!(header("content-type").as_deref(), Some(file.content_type));
+        assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+        let etag = header("etag").unwrap();
+        let body = response.body_mut().read_to_vec().unwrap();
+        assert_eq!(body, file.body);
+        let again = agent()
+            .get(format!("{base}{}", file.path))
+            .header("if-none-match", &etag)
+            .call()
+            .unwrap();
+        assert_eq!(again.status().as_u16(), 304, "{}", file.path);
+    }
+}
