@@ -87,8 +87,7 @@ fn server() -> &'static str {
             workers: 2,
             ..ServerConfig::default()
         };
-        let store = served_dir(&dir);
-        let loader: server::Loader = Box::new(move || Ok(StoreSource { model, store }));
+        let loader: server::Loader = Box::new(move || Ok(StoreSource { model, store: dir }));
         let running = server::start(config, loader, Signals::Ignore).expect("start the server");
         let base = format!("http://{}", running.addr());
         std::mem::forget(running);
@@ -99,11 +98,6 @@ fn server() -> &'static str {
         }
         base
     })
-}
-
-/// The directory the server opens for a store made by `LiveStore::create`.
-fn served_dir(store: &Path) -> PathBuf {
-    store.join("generations/000001/index")
 }
 
 // ---- A small WebDriver client -----------------------------------------------------------------------

@@ -62,6 +62,16 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM / ctrl-c, seconds.
     #[arg(long, default_value_t = ServerConfig::default().shutdown_timeout_s)]
     pub shutdown_timeout_s: u64,
+    /// Threads a retrain trains on, leaving the rest to queries (0: half the cores).
+    #[arg(long, default_value_t = ServerConfig::default().retrain_threads)]
+    pub retrain_threads: usize,
+    /// Retrain on its own once this many new labelled posts arrived (and `--retrain-quiet-s` passed
+    /// without one); 0 never retrains on its own.
+    #[arg(long, default_value_t = ServerConfig::default().retrain_after_labels)]
+    pub retrain_after_labels: u64,
+    /// Seconds without a new label before an automatic retrain starts.
+    #[arg(long, default_value_t = ServerConfig::default().retrain_quiet_s)]
+    pub retrain_quiet_s: u64,
     /// The model (must be the one the store was built with).
     #[command(flatten)]
     pub model: GeoModelArgs,
@@ -89,6 +99,9 @@ impl ServeArgs {
             retry_after_s: self.retry_after_s,
             shutdown_timeout_s: self.shutdown_timeout_s,
             engine: self.engine.config(),
+            retrain_threads: self.retrain_threads,
+            retrain_after_labels: self.retrain_after_labels,
+            retrain_quiet_s: self.retrain_quiet_s,
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod problem;
 pub mod replica;
 pub mod routes;
 pub mod service;
+pub mod writes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,7 +49,7 @@ use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, LiveStore};
 use crate::model::GeoModel;
 use api::RequestLimits;
 use auth::WriteAccess;
@@ -91,6 +92,12 @@ pub struct ServerConfig {
     pub shutdown_timeout_s: u64,
     /// The query path's settings (the shortlist size `top_k` is also the largest `top_k` a request may ask).
     pub engine: EngineConfig,
+    /// Threads a retrain trains and re-encodes on (the rest stay with the queries); 0 for half the cores.
+    pub retrain_threads: usize,
+    /// Retrain on its own once this many new labelled posts arrived (with `retrain_quiet_s`); 0 = never.
+    pub retrain_after_labels: u64,
+    /// ... and no label arrived for this many seconds.
+    pub retrain_quiet_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +118,9 @@ impl Default for ServerConfig {
             retry_after_s: 1,
             shutdown_timeout_s: 30,
             engine: EngineConfig::default(),
+            retrain_threads: 0,
+            retrain_after_labels: 0,
+            retrain_quiet_s: 60,
         }
     }
 }
@@ -410,13 +420,33 @@ fn load(state: &AppState, loader: Loader, handle: &ServerHandle) {
             false => None,
         };
         let dir = replica.as_ref().map_or(source.store.as_path(), |r| r.dir());
-        let engine = Engine::open(dir, source.model, config.engine.clone())?;
+        // A store with generations answers with its own model and takes writes (unless read-only).
+        let (engine, writer) = if LiveStore::exists(dir) {
+            let live = Arc::new(LiveStore::open(
+                dir,
+                source.model.device(),
+                config.engine.clone(),
+            )?);
+            let engine = live.shared_engine();
+            let writer = (!config.read_only).then(|| {
+                let threads = match config.retrain_threads {
+                    0 => (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1),
+                    n => n,
+                };
+                let policy = (config.retrain_after_labels > 0).then(|| writes::RetrainPolicy {
+                    min_new_labels: config.retrain_after_labels,
+                    quiet: Duration::from_secs(config.retrain_quiet_s),
+                });
+                writes::Writer::new(live, threads, policy)
+            });
+            (engine, writer)
+        } else {
+            let engine = Engine::open(dir, source.model, config.engine.clone())?;
+            (Arc::new(engine), None)
+        };
         let metrics = state.metrics_arc();
         Ok(LocateService::start(
-            Arc::new(engine),
-            replica,
-            config,
-            metrics,
+            engine, writer, replica, config, metrics,
         )?)
     })();
     match outcome {

@@ -23,6 +23,7 @@ use crate::engine::{Answer, Engine, EngineError};
 pub struct LocateService {
     batcher: Batcher<Answer, EngineError>,
     engine: Arc<Engine>,
+    writer: Option<super::writes::Writer>,
     read_only: bool,
     retry_after_s: u64,
     timeout: Duration,
@@ -33,6 +34,7 @@ impl LocateService {
     /// Starts the batcher thread in front of `engine`.
     pub fn start(
         engine: Arc<Engine>,
+        writer: Option<super::writes::Writer>,
         replica: Option<StoreReplica>,
         config: &ServerConfig,
         metrics: Arc<Metrics>,
@@ -44,6 +46,7 @@ impl LocateService {
         Ok(Self {
             batcher,
             engine,
+            writer,
             read_only: config.read_only,
             retry_after_s: config.retry_after_s,
             timeout: Duration::from_millis(config.request_timeout_ms),
@@ -54,6 +57,19 @@ impl LocateService {
     /// The engine (for the city routes and readiness).
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The write side, or why there is none (a read-only replica, or a store without a label log).
+    pub fn writer(&self) -> Result<&super::writes::Writer, ApiError> {
+        self.writer.as_ref().ok_or_else(|| ApiError::WritesUnavailable {
+            reason: if self.read_only {
+                "this server is a read-only replica: send writes to the server that owns the store".into()
+            } else {
+                "the served store is a plain index without a label log; build a store with \
+                 `contrastgeo index build` to add cities and examples"
+                    .into()
+            },
+        })
     }
 
     /// Whether this is a read-only replica.

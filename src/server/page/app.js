@@ -478,7 +478,7 @@ async function showModels() {
   try {
     list = await api("GET", "/v1/models");
   } catch (problem) {
-    $("models-error").textContent = problem.status === 404 ? "This server does not keep model versions." : problem.message;
+    $("models-error").textContent = problem.message;
     return;
   }
   $("models").querySelector("tbody").replaceChildren(...[...list.models].reverse().map((m) => {
