@@ -263,6 +263,15 @@ impl Browser {
     /// Clicks `(dx, dy)` CSS pixels from the centre of the element.
     fn click_at(&self, css: &str, dx: f64, dy: f64) {
         let element = self.find(css);
+        // Pointer actions do not scroll: bring the element to the middle of the window first.
+        self.command(
+            "POST",
+            "/execute/sync",
+            Some(
+                json!({"script": "arguments[0].scrollIntoView({block: 'center'});",
+                        "args": [{ ELEMENT: element }]}),
+            ),
+        );
         let origin = json!({ ELEMENT: element });
         self.command(
             "POST",
@@ -533,5 +542,188 @@ fn page_files_are_served_with_their_types_and_revalidated_by_etag() {
             .call()
             .unwrap();
         assert_eq!(again.status().as_u16(), 304, "{}", file.path);
+    }
+}
+
+/// A city the fixture store does not have, and five posts written there.
+const NEW_CITY: (&str, &str, &str, &str, f64, f64) = (
+    "Reykjavík",
+    "Capital Region",
+    "Iceland",
+    "IS",
+    64.1466,
+    -21.9426,
+);
+const NEW_CITY_POSTS: [&str; 5] = [
+    "Soaking in the geothermal lagoon outside Reykjavik while it snows",
+    "Hallgrimskirkja towering over Reykjavik under the midnight sun",
+    "Hot dog from the stand by the harbour, still the best thing in Reykjavik",
+    "Walking Laugavegur in Reykjavik, every shop sells puffins and wool sweaters",
+    "Northern lights dancing over Faxafloi bay from downtown Reykjavik tonight",
+];
+
+#[test]
+fn a_city_added_with_five_posts_is_answered_on_the_map_then_retrained_and_rolled_back() {
+    let browser = Browser::start(1280, 800);
+    let base = open_page(&browser);
+    browser.type_into("#api-key", API_KEY, true);
+    browser.click("#key-form button[type=submit]");
+
+    // Type-ahead over GET /v1/cities: a city of the store fills the form when picked.
+    browser.type_into("#city-search", "Sea", true);
+    let option = browser.wait_for(
+        "the type-ahead's options",
+        "const o = document.querySelector('#city-options option'); return o && o.value;",
+    );
+    let option = option.as_str().unwrap();
+    assert!(option.starts_with("Seattle, Washington"), "{option}");
+    browser.type_into("#city-search", option.strip_prefix("Sea").unwrap(), false);
+    let filled = browser.wait_for(
+        "the picked city in the form",
+        "return document.getElementById('city-lat').value;",
+    );
+    assert_eq!(filled, json!("47.60621"));
+    browser.type_into("#city-search", "", true);
+
+    // A new city, first with a latitude out of range: the API's problem is shown next to the latitude.
+    let (name, admin1, country, code, lat, lon) = NEW_CITY;
+    for (field, value) in [
+        ("#city-name", name),
+        ("#city-admin1", admin1),
+        ("#city-country", country),
+        ("#city-country-code", code),
+        ("#city-lat", "123"),
+        ("#city-lon", "-21.9"),
+    ] {
+        browser.type_into(field, value, true);
+    }
+    browser.type_into("#examples", &NEW_CITY_POSTS.join("\n"), true);
+    browser.click("#add-submit");
+    let error = browser.wait_for(
+        "the latitude's error",
+        "return document.getElementById('city-lat-error').textContent;",
+    );
+    assert!(error.as_str().unwrap().contains("[-90, 90]"), "{error}");
+    assert_eq!(
+        browser.js("return document.getElementById('city-lat').getAttribute('aria-invalid');"),
+        json!("true")
+    );
+
+    // A click on the map sets the coordinates.
+    let size = browser.js(
+        "const r = document.querySelector('#pick-map svg').getBoundingClientRect();
+         return [r.width, r.height];",
+    );
+    let (width, height) = (size[0].as_f64().unwrap(), size[1].as_f64().unwrap());
+    browser.click_at("#pick-map svg", lon / 360.0 * width, -lat / 180.0 * height);
+    let picked = browser.js(
+        "return [+document.getElementById('city-lat').value, +document.getElementById('city-lon').value];",
+    );
+    let degrees_per_pixel = 360.0 / width;
+    assert!(
+        (picked[0].as_f64().unwrap() - lat).abs() <= 2.0 * degrees_per_pixel
+            && (picked[1].as_f64().unwrap() - lon).abs() <= 2.0 * degrees_per_pixel,
+        "picked {picked} for {lat}, {lon}"
+    );
+
+    // Stored: the summary and the city's first answers (its own posts, answered with it).
+    browser.click("#add-submit");
+    let id = browser.wait_for(
+        "the stored city",
+        "return document.getElementById('add-result').dataset.cityId || null;",
+    );
+    let id: u64 = id.as_str().unwrap().parse().unwrap();
+    let summary = browser.js("return document.getElementById('add-summary').textContent;");
+    assert!(
+        summary.as_str().unwrap().contains("5 posts stored"),
+        "{summary}"
+    );
+    let hits = browser.wait_for(
+        "the first answers",
+        "return document.querySelectorAll('#first-answers li').length === 5 &&
+           document.querySelectorAll('#first-answers .ok').length;",
+    );
+    assert_eq!(hits, json!(5), "each of its posts is answered with it");
+    assert_eq!(
+        browser.js("return document.getElementById('city-lat-error').textContent;"),
+        json!(""),
+        "the old error is gone"
+    );
+    browser.screenshot("page-city-added");
+
+    // A post that should match it is answered with it, highlighted on the map.
+    let answered = try_post(
+        &browser,
+        "Geothermal pool, hot dog by the harbour, then the northern lights over Reykjavik",
+    );
+    assert_eq!(answered, id);
+    let shown = shown_answer(&browser);
+    assert_eq!(shown["name"], json!(name));
+    let best: Vec<&Value> = shown["circles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["best"] == true)
+        .collect();
+    assert_eq!(best[0]["id"].as_u64(), Some(id));
+    let (_, city) = call("GET", &format!("{base}/v1/cities/{id}"), None);
+    assert_eq!(city["support_posts"], 5);
+    browser.screenshot("page-new-city-answered");
+
+    // A short retrain with progress; the page answers posts while it runs.
+    browser.click("#retrain-options summary");
+    browser.type_into("#retrain-epochs", "1", true);
+    browser.type_into("#retrain-min-steps", "3", true);
+    browser.click("#retrain-start");
+    browser.wait_for(
+        "the retrain job",
+        "return !document.getElementById('job').hidden;",
+    );
+    assert_eq!(
+        try_post(
+            &browser,
+            "Rain again in Seattle, grabbing coffee by Pike Place"
+        ),
+        5809844
+    );
+    browser.screenshot("page-retraining");
+    let started = Instant::now();
+    let state = loop {
+        let state = browser.js("return document.getElementById('job').dataset.state;");
+        if state != json!("running") {
+            break state;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the retrain never finished"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        state == json!("succeeded") || state == json!("rejected"),
+        "{state}: {}",
+        browser.js("return document.getElementById('job-report').textContent;")
+    );
+    let (_, models) = call("GET", &format!("{base}/v1/models"), None);
+    let versions = models["models"].as_array().unwrap().len();
+    let rows = browser.wait_for(
+        "the versions table",
+        &format!(
+            "const n = document.querySelectorAll('#models tbody tr').length; return n === {versions} && n;"
+        ),
+    );
+    assert_eq!(rows, json!(versions));
+    browser.screenshot("page-retrained");
+
+    // Roll back to the first version from the table, when the retrain made a second one live.
+    if state == json!("succeeded") {
+        browser.click("#models tbody tr:last-child button");
+        browser.wait_for(
+            "version 1 live",
+            "const last = document.querySelector('#models tbody tr:last-child');
+             return last && last.classList.contains('current');",
+        );
+        let (_, models) = call("GET", &format!("{base}/v1/models"), None);
+        assert_eq!(models["current"], 1);
     }
 }

@@ -162,7 +162,7 @@ function makeMap(container, label) {
   let width = 360;
   borders.setAttribute("stroke-width", 360 * 0.0022);
 
-  /** Fits the view to points [lat, lon] (at least 40 degrees wide, 2:1, inside the world). */
+  /** Fits the view to points [lat, lon] (at least 60 degrees wide, 2:1, inside the world). */
   function fit(points) {
     const view = (x, y, w) => {
       root.setAttribute("viewBox", `${x} ${y} ${w} ${w / 2}`);
@@ -172,7 +172,7 @@ function makeMap(container, label) {
     if (!points.length) { view(0, 0, 360); return; }
     const xy = points.map(([lat, lon]) => project(lat, lon));
     const xs = xy.map((p) => p[0]), ys = xy.map((p) => p[1]);
-    let w = Math.max(40, (Math.max(...xs) - Math.min(...xs)) * 1.3, (Math.max(...ys) - Math.min(...ys)) * 2.6);
+    let w = Math.max(60, (Math.max(...xs) - Math.min(...xs)) * 1.3, (Math.max(...ys) - Math.min(...ys)) * 2.6);
     w = Math.min(360, w);
     const h = w / 2;
     const cx = (Math.max(...xs) + Math.min(...xs)) / 2, cy = (Math.max(...ys) + Math.min(...ys)) / 2;
@@ -319,13 +319,21 @@ function setUpAdd() {
   };
   $("city-search").addEventListener("input", () => {
     const q = $("city-search").value;
-    if (options.has(q)) { fill(options.get(q)); return; }
     clearTimeout(searchTimer);
+    if (!q && chosen) {
+      // The picked city is let go: the form is blank again for a new city.
+      for (const input of form.querySelectorAll("fieldset input")) input.value = "";
+      chosen = null;
+      map.mark(NaN, NaN);
+      $("city-search-note").textContent = "";
+    }
+    // Every city listed so far stays known by its option text, so picking (or typing) one fills the form.
+    if (options.has(q)) { fill(options.get(q)); return; }
     searchTimer = setTimeout(async () => {
       if (!q.trim()) { $("city-options").replaceChildren(); return; }
       try {
         const { cities } = await api("GET", `/v1/cities?q=${encodeURIComponent(q.trim())}&limit=8`);
-        options.clear();
+        if ($("city-search").value !== q) return;
         $("city-options").replaceChildren(...cities.map((c) => {
           const text = `${[c.name, place(c)].filter(Boolean).join(", ")} (id ${c.id})`;
           options.set(text, c);
@@ -342,6 +350,7 @@ function setUpAdd() {
   for (const id of ["city-name", "city-lat", "city-lon"]) {
     $(id).addEventListener("input", () => {
       if (chosen && (field("city-name") !== chosen.name || coordinates()[0] !== chosen.lat || coordinates()[1] !== chosen.lon)) {
+        if (field("city-aliases") === (chosen.alternate_names || []).join(", ")) $("city-aliases").value = "";
         chosen = null;
         $("city-search-note").textContent = "A new city: it gets its own id.";
       }
@@ -422,10 +431,15 @@ async function showStored(stored, examples) {
 
 function setUpRetrain() {
   $("retrain-start").addEventListener("click", () => {
-    $("retrain-error").textContent = "";
+    clearErrors($("retrain"));
     busy($("retrain-start"), async () => {
       try {
-        const { job } = await api("POST", "/v1/retrain", {}, true);
+        const body = {};
+        for (const [key, id] of [["epochs", "retrain-epochs"], ["min_steps", "retrain-min-steps"]]) {
+          const raw = $(id).value.trim();
+          if (raw) body[key] = /^\d+$/.test(raw) ? Number(raw) : raw;
+        }
+        const { job } = await api("POST", "/v1/retrain", body, true);
         sessionStorage.setItem(JOB_STORAGE, job.id);
         followJob(job);
       } catch (problem) {
