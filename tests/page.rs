@@ -319,7 +319,21 @@ impl Browser {
         }
     }
 
-    /// Saves a PNG screenshot as `target/screenshots/NAME.png`.
+    /// Scrolls the element to the top of the window, then saves a screenshot.
+    fn screenshot_at(&self, css: &str, name: &str) -> PathBuf {
+        let element = self.find(css);
+        self.command(
+            "POST",
+            "/execute/sync",
+            Some(
+                json!({"script": "arguments[0].scrollIntoView({block: 'start'});",
+                        "args": [{ ELEMENT: element }]}),
+            ),
+        );
+        self.screenshot(name)
+    }
+
+    /// Saves a PNG screenshot of the window as `target/screenshots/NAME.png`.
     fn screenshot(&self, name: &str) -> PathBuf {
         let encoded = self.command("GET", "/screenshot", None);
         let png = base64_decode(encoded.as_str().unwrap());
@@ -649,7 +663,7 @@ fn a_city_added_with_five_posts_is_answered_on_the_map_then_retrained_and_rolled
         json!(""),
         "the old error is gone"
     );
-    browser.screenshot("page-city-added");
+    browser.screenshot_at("#add", "page-city-added");
 
     // A post that should match it is answered with it, highlighted on the map.
     let answered = try_post(
@@ -686,10 +700,13 @@ fn a_city_added_with_five_posts_is_answered_on_the_map_then_retrained_and_rolled
         ),
         5809844
     );
-    browser.screenshot("page-retraining");
+    browser.screenshot_at("#retrain", "page-retraining");
     let started = Instant::now();
+    let mut stages = std::collections::BTreeSet::new();
     let state = loop {
         let state = browser.js("return document.getElementById('job').dataset.state;");
+        let stage = browser.js("return document.getElementById('job-stage').textContent;");
+        stages.insert(stage.as_str().unwrap_or_default().to_string());
         if state != json!("running") {
             break state;
         }
@@ -704,6 +721,14 @@ fn a_city_added_with_five_posts_is_answered_on_the_map_then_retrained_and_rolled
         "{state}: {}",
         browser.js("return document.getElementById('job-report').textContent;")
     );
+    assert!(
+        stages
+            .iter()
+            .any(|s| ["Training:", "Indexing", "Checking", "Making"]
+                .iter()
+                .any(|p| s.starts_with(p))),
+        "the job's progress was shown: {stages:?}"
+    );
     let (_, models) = call("GET", &format!("{base}/v1/models"), None);
     let versions = models["models"].as_array().unwrap().len();
     let rows = browser.wait_for(
@@ -713,7 +738,7 @@ fn a_city_added_with_five_posts_is_answered_on_the_map_then_retrained_and_rolled
         ),
     );
     assert_eq!(rows, json!(versions));
-    browser.screenshot("page-retrained");
+    browser.screenshot_at("#retrain", "page-retrained");
 
     // Roll back to the first version from the table, when the retrain made a second one live.
     if state == json!("succeeded") {

@@ -189,7 +189,7 @@ function makeMap(container, label) {
       const ordered = [...cities].sort((a, b) => (a.city_id === best) - (b.city_id === best));
       for (const c of ordered) {
         const [x, y] = project(c.lat, c.lon);
-        const r = width * (0.006 + 0.03 * Math.sqrt(Math.max(0, c.probability)));
+        const r = width * (0.005 + 0.02 * Math.sqrt(Math.max(0, c.probability)));
         const dot = svg("circle", { cx: x, cy: y, r, class: c.city_id === best ? "city best" : "city",
           "data-city-id": c.city_id, "data-probability": c.probability });
         const title = svg("title");
@@ -408,6 +408,7 @@ function cityBody(chosen) {
 
 async function showStored(stored, examples) {
   const c = stored.city;
+  showStatus();
   $("add-result").hidden = false;
   $("add-result").dataset.cityId = c.id;
   $("add-summary").textContent = `${c.name}${place(c) ? `, ${place(c)}` : ""} (id ${c.id}, ${c.lat}, ${c.lon}): ` +
@@ -476,6 +477,7 @@ function followJob(job) {
   }
   delete $("retrain-start").dataset.running;
   sessionStorage.removeItem(JOB_STORAGE);
+  showStatus();
   progress.max = 1; progress.value = 1;
   const r = job.report || {};
   const gate = r.gate ? ` Held-out Acc@1: live ${percent(r.gate.live_acc)}, new ${percent(r.gate.new_acc)} (${r.gate.held_out} posts).` : "";
@@ -504,6 +506,7 @@ async function showModels() {
         try {
           await api("POST", "/v1/models/rollback", { to: m.id }, true);
           showModels();
+          showStatus();
         } catch (problem) {
           showProblem($("retrain"), problem, $("models-error"));
         }
