@@ -580,8 +580,6 @@ const NEW_CITY_POSTS: [&str; 5] = [
 fn a_city_added_with_five_posts_is_answered_on_the_map_then_retrained_and_rolled_back() {
     let browser = Browser::start(1280, 800);
     let base = open_page(&browser);
-    browser.type_into("#api-key", API_KEY, true);
-    browser.click("#key-form button[type=submit]");
 
     // Type-ahead over GET /v1/cities: a city of the store fills the form when picked.
     browser.type_into("#city-search", "Sea", true);
@@ -612,6 +610,29 @@ fn a_city_added_with_five_posts_is_answered_on_the_map_then_retrained_and_rolled
         browser.type_into(field, value, true);
     }
     browser.type_into("#examples", &NEW_CITY_POSTS.join("\n"), true);
+
+    // Without the key, the 401 is shown next to the key field, which gets the focus.
+    browser.click("#add-submit");
+    let error = browser.wait_for(
+        "the key's error",
+        "return document.getElementById('api-key-error').textContent;",
+    );
+    assert!(error.as_str().unwrap().contains("API key"), "{error}");
+    assert_eq!(
+        browser.js("return document.activeElement.id;"),
+        json!("api-key")
+    );
+    browser.type_into("#api-key", API_KEY, true);
+    browser.click("#key-form button[type=submit]");
+    assert_eq!(
+        browser.js(
+            "return [sessionStorage.getItem('contrastgeo.apiKey'), localStorage.length,
+                     document.getElementById('api-key-error').textContent];"
+        ),
+        json!([API_KEY, 0, ""]),
+        "the key is kept for this tab only"
+    );
+
     browser.click("#add-submit");
     let error = browser.wait_for(
         "the latitude's error",

@@ -260,6 +260,13 @@ function setUpKey() {
 function setUpTry() {
   const form = $("try-form");
   const map = makeMap($("answer-map"), "Map of the shortlist");
+  // Enter writes a new line in the box; Ctrl+Enter (or Cmd+Enter) locates the post.
+  $("try-text").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     clearErrors(form);
