@@ -402,11 +402,17 @@ fn open_page(browser: &Browser) -> String {
     base.to_string()
 }
 
-/// Types a post, submits it from the keyboard and waits for the answer; returns the answered city id.
+/// Types a post, submits it from the keyboard (Enter on the button) and waits for the answer; returns the
+/// answered city id.
 fn try_post(browser: &Browser, text: &str) -> u64 {
+    try_post_with(browser, text, || browser.press_enter("#try-submit"))
+}
+
+/// [`try_post`], submitting with `submit`.
+fn try_post_with(browser: &Browser, text: &str, submit: impl FnOnce()) -> u64 {
     browser.js("document.getElementById('answer').removeAttribute('data-city-id');");
     browser.type_into("#try-text", text, true);
-    browser.press_enter("#try-submit");
+    submit();
     let id = browser.wait_for(
         "the answer",
         "return document.getElementById('answer').dataset.cityId || null;",
@@ -443,7 +449,10 @@ fn a_post_is_answered_with_its_shortlist_evidence_and_map_and_an_empty_post_gets
     assert_eq!(unlabelled, json!([]), "inputs without a label");
 
     let text = "Breakfast tacos on South Congress, then Barton Springs and a show on Sixth Street";
-    let city = try_post(&browser, text);
+    // Ctrl+Enter in the text box (Control pressed, Enter, then every modifier released).
+    let city = try_post_with(&browser, text, || {
+        browser.type_into("#try-text", "\u{E009}\u{E007}\u{E000}", false)
+    });
     let (status, answer) = call(
         "POST",
         &format!("{base}/v1/locate"),
