@@ -670,6 +670,23 @@ fn a_city_added_with_five_posts_is_answered_on_the_map_then_retrained_and_rolled
         "picked {picked} for {lat}, {lon}"
     );
 
+    // An example over the API's length limit, on line 3 of the box (line 2 is blank and not sent): the
+    // problem names `examples[1]`, and the page says which line.
+    browser.js(&format!(
+        "document.getElementById('examples').value = {};",
+        json!(format!("{}\n\n{}", NEW_CITY_POSTS[0], "x".repeat(2001)))
+    ));
+    browser.click("#add-submit");
+    let error = browser.wait_for(
+        "the example's error",
+        "return document.getElementById('examples-error').textContent;",
+    );
+    assert!(
+        error.as_str().unwrap().starts_with("Line 3: ") && error.as_str().unwrap().contains("2001"),
+        "{error}"
+    );
+    browser.type_into("#examples", &NEW_CITY_POSTS.join("\n"), true);
+
     // Stored: the summary and the city's first answers (its own posts, answered with it).
     browser.click("#add-submit");
     let id = browser.wait_for(
