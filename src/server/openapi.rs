@@ -45,6 +45,11 @@ pub fn document() -> Value {
                 (application/problem+json) naming the field at fault.",
             "license": { "name": "Apache-2.0", "identifier": "Apache-2.0" }
         },
+        "tags": [{
+            "name": "page",
+            "description": "Not API routes: the files of the analyst's web page at `/`, a client of the routes \
+                above, listed so that every route the server answers is documented."
+        }],
         "paths": paths,
         "components": {
             "schemas": schemas,
