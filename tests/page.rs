@@ -262,16 +262,8 @@ impl Browser {
 
     /// Clicks `(dx, dy)` CSS pixels from the centre of the element.
     fn click_at(&self, css: &str, dx: f64, dy: f64) {
-        let element = self.find(css);
         // Pointer actions do not scroll: bring the element to the middle of the window first.
-        self.command(
-            "POST",
-            "/execute/sync",
-            Some(
-                json!({"script": "arguments[0].scrollIntoView({block: 'center'});",
-                        "args": [{ ELEMENT: element }]}),
-            ),
-        );
+        let element = self.scroll_to(css, "center");
         let origin = json!({ ELEMENT: element });
         self.command(
             "POST",
@@ -319,17 +311,23 @@ impl Browser {
         }
     }
 
-    /// Scrolls the element to the top of the window, then saves a screenshot.
-    fn screenshot_at(&self, css: &str, name: &str) -> PathBuf {
+    /// Scrolls the element to `block` (`start`, `center`) of the window; returns the element.
+    fn scroll_to(&self, css: &str, block: &str) -> String {
         let element = self.find(css);
         self.command(
             "POST",
             "/execute/sync",
-            Some(
-                json!({"script": "arguments[0].scrollIntoView({block: 'start'});",
-                        "args": [{ ELEMENT: element }]}),
-            ),
+            Some(json!({
+                "script": "arguments[0].scrollIntoView({block: arguments[1]});",
+                "args": [{ ELEMENT: element }, block]
+            })),
         );
+        element
+    }
+
+    /// Scrolls the element to the top of the window, then saves a screenshot.
+    fn screenshot_at(&self, css: &str, name: &str) -> PathBuf {
+        self.scroll_to(css, "start");
         self.screenshot(name)
     }
 
