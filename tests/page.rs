@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use contrastgeo::engine::{EngineConfig, LiveStore};
 use contrastgeo::model::{GeoModel, GeoModelConfig};
-use contrastgeo::server::{self, ServerConfig, Signals, StoreSource};
+use contrastgeo::server::{self, RunningServer, ServerConfig, Signals, StoreSource};
 use serde_json::{json, Value};
 
 /// The key of the test server's write routes.
@@ -55,20 +55,17 @@ fn call(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
 
 // ---- The server ----------------------------------------------------------------------------------------
 
-/// The server the tests share: a writable store built from the fixtures (five support posts per city),
-/// with an API key. Never stopped; it dies with the test binary.
-fn server() -> &'static str {
-    static SERVER: OnceLock<String> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let tmp = Box::leak(Box::new(tempfile::tempdir().unwrap()));
-        let model = Arc::new(
-            GeoModel::from_base(
-                &common::model_files(),
-                GeoModelConfig::default(),
-                &candle_core::Device::Cpu,
-            )
-            .expect("load the base model"),
-        );
+/// A server over a writable store built from the fixtures (five support posts per city), with an API key.
+struct TestServer {
+    running: Option<RunningServer>,
+    base: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestServer {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = model();
         let dir = tmp.path().join("store");
         LiveStore::create(
             &dir,
@@ -90,12 +87,50 @@ fn server() -> &'static str {
         let loader: server::Loader = Box::new(move || Ok(StoreSource { model, store: dir }));
         let running = server::start(config, loader, Signals::Ignore).expect("start the server");
         let base = format!("http://{}", running.addr());
-        std::mem::forget(running);
         let started = Instant::now();
         while call("GET", &format!("{base}/readyz"), None).0 != 200 {
             assert!(started.elapsed() < Duration::from_secs(120), "never ready");
             std::thread::sleep(Duration::from_millis(50));
         }
+        Self {
+            running: Some(running),
+            base,
+            _tmp: tmp,
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.stop(false);
+        }
+    }
+}
+
+/// The base model, loaded once per test binary.
+fn model() -> Arc<GeoModel> {
+    static MODEL: OnceLock<Arc<GeoModel>> = OnceLock::new();
+    Arc::clone(MODEL.get_or_init(|| {
+        Arc::new(
+            GeoModel::from_base(
+                &common::model_files(),
+                GeoModelConfig::default(),
+                &candle_core::Device::Cpu,
+            )
+            .expect("load the base model"),
+        )
+    }))
+}
+
+/// The server the read-only tests share (never stopped; it dies with the test binary). The test that writes
+/// has its own, so its new city and retrain cannot change the answers the others compare.
+fn server() -> &'static str {
+    static SERVER: OnceLock<String> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let server = TestServer::start();
+        let base = server.base.clone();
+        std::mem::forget(server);
         base
     })
 }
@@ -389,9 +424,8 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 // ---- The page --------------------------------------------------------------------------------------
 
-/// Opens the page and waits until it says the server is ready.
-fn open_page(browser: &Browser) -> String {
-    let base = server();
+/// Opens the page of the server at `base` and waits until it says the server is ready.
+fn open_page(browser: &Browser, base: &str) -> String {
     browser.goto(&format!("{base}/"));
     browser.wait_for(
         "the page to say the server is ready",
@@ -437,7 +471,7 @@ fn shown_answer(browser: &Browser) -> Value {
 #[test]
 fn a_post_is_answered_with_its_shortlist_evidence_and_map_and_an_empty_post_gets_the_apis_error() {
     let browser = Browser::start(1280, 800);
-    let base = open_page(&browser);
+    let base = open_page(&browser, server());
 
     // Every input has a label; nothing is fetched from another origin.
     let unlabelled = browser.js(
@@ -586,7 +620,8 @@ const NEW_CITY_POSTS: [&str; 5] = [
 #[test]
 fn a_city_added_with_five_posts_is_answered_on_the_map_then_retrained_and_rolled_back() {
     let browser = Browser::start(1280, 800);
-    let base = open_page(&browser);
+    let server = TestServer::start();
+    let base = open_page(&browser, &server.base);
 
     // Type-ahead over GET /v1/cities: a city of the store fills the form when picked.
     browser.type_into("#city-search", "Sea", true);
