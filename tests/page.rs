@@ -571,6 +571,7 @@ fn a_post_is_answered_with_its_shortlist_evidence_and_map_and_an_empty_post_gets
         "horizontal scrolling on a narrow screen"
     );
     browser.screenshot("page-narrow");
+    browser.screenshot_at("#add", "page-narrow-add");
 }
 
 #[test]
