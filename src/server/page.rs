@@ -115,7 +115,8 @@ pub async fn serve(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         path: req.path().to_string(),
     })?;
     let tag = etag(file);
-    let mut response = if not_modified(&req, tag) {
+    let current = not_modified(&req, tag);
+    let mut response = if current {
         HttpResponse::NotModified()
     } else {
         HttpResponse::Ok()
@@ -131,7 +132,7 @@ pub async fn serve(req: HttpRequest) -> Result<HttpResponse, ApiError> {
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),
         ));
     }
-    if not_modified(&req, tag) {
+    if current {
         return Ok(response.finish());
     }
     Ok(response
