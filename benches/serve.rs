@@ -5,7 +5,8 @@
 //! `cargo bench --bench serve`. Environment:
 //! - `CONTRASTGEO_BENCH_STORE`: the store to serve (default: a store built here from the 20 fixture cities
 //!   with 5 support posts each, with the base model);
-//! - `CONTRASTGEO_BENCH_CHECKPOINT`: the checkpoint the store was built with (default: the base model);
+//! - `CONTRASTGEO_BENCH_CHECKPOINT`: the checkpoint a plain store was built with (default: the base model; a
+//!   store written by `contrastgeo index build` carries its own model);
 //! - `CONTRASTGEO_BENCH_POSTS`: the posts to send, JSONL with `text` (default: the fixture posts not in the
 //!   fixture store);
 //! - `CONTRASTGEO_BENCH_SECONDS`: duration of each concurrency level (default 10);
@@ -22,10 +23,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use contrastgeo::data::read_labelled_posts;
-use contrastgeo::engine::{Engine, EngineConfig};
+use contrastgeo::engine::{Engine, EngineConfig, LiveStore};
 use contrastgeo::geo::CityTable;
 use contrastgeo::model::{GeoModel, GeoModelConfig, ModelFiles};
-use contrastgeo::server::{self, ServerConfig, Signals, StoreSource};
+use contrastgeo::server::{self, OpenedEngine, ServerConfig, Signals};
 use contrastgeo_index::SupportPost;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -53,6 +54,24 @@ fn load_model() -> Arc<GeoModel> {
         .expect("load the base model"),
     };
     Arc::new(model)
+}
+
+/// Opens a store as `contrastgeo serve` does: a generational store (written by `contrastgeo index build`) with
+/// its own model, a plain one (written by `Engine::build_index`) with `model`.
+fn open_any(dir: &Path, model: Arc<GeoModel>, config: EngineConfig) -> OpenedEngine {
+    if LiveStore::exists(dir) {
+        let live = Arc::new(
+            LiveStore::open(dir, &candle_core::Device::Cpu, config).expect("open the store"),
+        );
+        return OpenedEngine {
+            engine: live.shared_engine(),
+            live: Some(live),
+        };
+    }
+    OpenedEngine {
+        engine: Arc::new(Engine::open(dir, model, config).expect("open the store")),
+        live: None,
+    }
 }
 
 /// The fixture store (20 cities, the first 5 posts of each as support) and the other fixture posts.
@@ -233,14 +252,11 @@ fn main() {
         ..ServerConfig::default()
     };
     let config_wait = config.max_batch_wait_ms;
-    let source_model = Arc::clone(&model);
-    let source_store = store.clone();
-    let loader: server::Loader = Box::new(move || {
-        Ok(StoreSource {
-            model: source_model,
-            store: source_store,
-        })
-    });
+    let (serving_model, serving_store) = (Arc::clone(&model), store.clone());
+    let loader = server::Loader {
+        find: Box::new(move || Ok(serving_store)),
+        open: Box::new(move |dir, config| Ok(open_any(dir, serving_model, config))),
+    };
     let running = server::start(config, loader, Signals::Ignore).expect("start the server");
     let base = format!("http://{}", running.addr());
     let probe: ureq::Agent = ureq::Agent::config_builder()
@@ -276,7 +292,7 @@ fn main() {
         );
         measured.push((clients, rate));
     }
-    let engine = Engine::open(&store, model, EngineConfig::default()).expect("open the store");
+    let engine = open_any(&store, model, EngineConfig::default()).engine;
     let chunk = env_or("CONTRASTGEO_BENCH_BULK_CHUNK", 256usize).max(1);
     let bulk_rate = bulk(&engine, &posts, chunk, seconds);
     println!("bulk Engine::locate (chunks of {chunk}): {bulk_rate:.1} posts/s");

@@ -17,12 +17,12 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use contrastgeo::data::{read_labelled_posts, LabelledPost};
-use contrastgeo::engine::{Engine, EngineConfig};
+use contrastgeo::engine::{Engine, EngineConfig, LiveStore};
 use contrastgeo::geo::CityTable;
 use contrastgeo::model::{GeoModel, GeoModelConfig};
 use contrastgeo::server::api::LocatedPost;
 use contrastgeo::server::replica::copy_dir;
-use contrastgeo::server::{self, RunningServer, ServerConfig, Signals, StoreSource};
+use contrastgeo::server::{self, OpenedEngine, RunningServer, ServerConfig, Signals};
 use contrastgeo_index::SupportPost;
 use serde_json::{json, Value};
 
@@ -130,16 +130,24 @@ fn test_config() -> ServerConfig {
 /// Starts an in-process server on the shared store; `gate` holds the loader back until it yields.
 fn start(config: ServerConfig, gate: Option<std::sync::mpsc::Receiver<()>>) -> RunningServer {
     let store_dir = store().dir.clone();
-    let loader: server::Loader = Box::new(move || {
-        if let Some(gate) = gate {
-            gate.recv()?;
-        }
-        Ok(StoreSource {
-            model: model(),
-            store: store_dir,
-        })
-    });
+    let loader = server::Loader {
+        find: Box::new(move || {
+            if let Some(gate) = gate {
+                gate.recv()?;
+            }
+            Ok(store_dir)
+        }),
+        open: Box::new(open_plain),
+    };
     server::start(config, loader, Signals::Ignore).expect("start the server")
+}
+
+/// Opens a plain store (one built by `Engine::build_index`) with the base model.
+fn open_plain(dir: &Path, config: EngineConfig) -> anyhow::Result<OpenedEngine> {
+    Ok(OpenedEngine {
+        engine: Arc::new(Engine::open(dir, model(), config)?),
+        live: None,
+    })
 }
 
 fn base(server: &RunningServer) -> String {
@@ -818,12 +826,10 @@ fn readyz_is_503_while_loading_then_200() {
 fn a_store_that_cannot_be_opened_stops_the_server_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("no-store");
-    let loader: server::Loader = Box::new(move || {
-        Ok(StoreSource {
-            model: model(),
-            store: missing,
-        })
-    });
+    let loader = server::Loader {
+        find: Box::new(move || Ok(missing)),
+        open: Box::new(open_plain),
+    };
     let config = ServerConfig {
         read_only: false,
         ..test_config()
@@ -1085,10 +1091,41 @@ fn sigterm_lets_in_flight_requests_finish_then_the_process_exits_0() {
     assert!(log.contains("SIGTERM"), "{log}");
 }
 
+/// A generational store (as `contrastgeo index build` writes it) of the fixture cities and their first support
+/// posts, built by the real binary in `into`.
+fn generational_store(into: &Path) -> PathBuf {
+    let support = into.join("support.jsonl");
+    let lines: Vec<String> = read_labelled_posts(&fixture("engine_posts.jsonl"))
+        .unwrap()
+        .posts
+        .iter()
+        .filter(|p| !store().queries.iter().any(|q| q.text == p.text))
+        .map(|p| json!({"text": p.text, "city_id": p.city_id}).to_string())
+        .collect();
+    std::fs::write(&support, lines.join("\n") + "\n").unwrap();
+    let dir = into.join("generational");
+    let output = Command::new(env!("CARGO_BIN_EXE_contrastgeo"))
+        .args(["index", "build", "--store"])
+        .arg(&dir)
+        .arg("--cities")
+        .arg(fixture("engine_cities.jsonl"))
+        .arg("--support")
+        .arg(&support)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    dir
+}
+
 #[test]
-fn read_only_replicas_serve_copies_of_one_store_side_by_side() {
+fn read_only_replicas_serve_copies_of_one_generational_store_side_by_side() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = store_copy(tmp.path());
+    let dir = generational_store(tmp.path());
     let args = ["--store", dir.to_str().unwrap(), "--read-only"];
     let mut first = ServerProcess::spawn(&args);
     let mut second = ServerProcess::spawn(&args);
@@ -1102,6 +1139,7 @@ fn read_only_replicas_serve_copies_of_one_store_side_by_side() {
     for server in [&first, &second] {
         let ready = get(&server.base, "/readyz").json();
         assert_eq!(ready["read_only"], true);
+        assert_eq!(ready["generation"], 1, "{ready}");
         let copy = PathBuf::from(ready["store"].as_str().unwrap());
         assert_ne!(copy, dir);
         assert!(copy.is_dir());
@@ -1109,7 +1147,8 @@ fn read_only_replicas_serve_copies_of_one_store_side_by_side() {
     }
     assert_ne!(copies[0], copies[1], "each replica has its own copy");
     // The original stays unlocked: a writer can still open it.
-    drop(Engine::open(&dir, model(), EngineConfig::default()).expect("the original is not locked"));
+    let owner = LiveStore::open(&dir, &candle_core::Device::Cpu, EngineConfig::default());
+    drop(owner.expect("the original is not locked"));
     first.signal("INT");
     second.signal("TERM");
     assert_eq!(first.wait(Duration::from_secs(30)), Some(0));
@@ -1311,7 +1350,10 @@ fn real_answers_conform_to_the_openapi_schemas() {
 #[test]
 fn start_up_refuses_a_taken_port_an_empty_key_file_and_bad_limits() {
     let taken = shared().trim_start_matches("http://").parse().unwrap();
-    let no_loader = || -> server::Loader { Box::new(|| anyhow::bail!("never loaded")) };
+    let no_loader = || server::Loader {
+        find: Box::new(|| anyhow::bail!("never loaded")),
+        open: Box::new(open_plain),
+    };
     let error = server::start(
         ServerConfig {
             bind: taken,

@@ -5,13 +5,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use super::flags;
-use super::index::{open_or_build_default, GeoModelArgs};
+use super::index::{open_store, store_dir_or_default, GeoModelArgs};
 use super::locate::EngineArgs;
 use super::UsageError;
-use crate::server::{self, ServeError, ServerConfig, StoreSource};
+use crate::server::{self, OpenedEngine, ServeError, ServerConfig};
 
 /// Arguments of `contrastgeo serve`; every setting defaults to [`ServerConfig::default`].
 #[derive(Debug, clap::Args)]
@@ -95,14 +94,20 @@ impl ServeArgs {
 
 /// Runs the service until SIGTERM or ctrl-c; returns 0 (no input lines to reject).
 pub fn run(args: &ServeArgs) -> anyhow::Result<usize> {
-    let model_args = args.model.clone();
+    let config = args.config();
+    let (find_model, open_model) = (args.model.clone(), args.model.clone());
     let store = args.store.clone();
-    let loader: server::Loader = Box::new(move || {
-        let model = Arc::new(model_args.load()?);
-        let store = open_or_build_default(store.as_deref(), &model)?;
-        Ok(StoreSource { model, store })
-    });
-    match server::run(args.config(), loader) {
+    let loader = server::Loader {
+        find: Box::new(move || store_dir_or_default(store.as_deref(), &find_model)),
+        open: Box::new(move |dir, engine_config| {
+            let opened = open_store(Some(dir), &open_model, engine_config)?;
+            Ok(OpenedEngine {
+                engine: opened.engine(),
+                live: opened.live().cloned(),
+            })
+        }),
+    };
+    match server::run(config, loader) {
         Err(ServeError::InvalidConfig(why)) => Err(UsageError(why).into()),
         other => Ok(other.map(|()| 0)?),
     }

@@ -35,7 +35,7 @@ pub mod routes;
 pub mod service;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -45,8 +45,7 @@ use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineConfig};
-use crate::model::GeoModel;
+use crate::engine::{Engine, EngineConfig, LiveStore};
 use api::RequestLimits;
 use auth::WriteAccess;
 use batcher::BatcherConfig;
@@ -188,16 +187,25 @@ impl ServerConfig {
     }
 }
 
-/// What the background loader hands the server: the model and the store directory it filled.
-pub struct StoreSource {
-    /// The model answering queries (the one the store was built with).
-    pub model: Arc<GeoModel>,
-    /// The store directory (copied first in read-only mode).
-    pub store: PathBuf,
+/// A store opened for queries: the engine that answers, and the live store behind it when the store has
+/// generations and takes new labels (what the ingest routes will write to).
+pub struct OpenedEngine {
+    /// The engine answering queries.
+    pub engine: Arc<Engine>,
+    /// The generational store, when the store is one (kept open for as long as the server runs: it holds the
+    /// store's lock).
+    pub live: Option<Arc<LiveStore>>,
 }
 
-/// Loads the model and finds (or builds) the store; runs on a background thread after the socket is bound.
-pub type Loader = Box<dyn FnOnce() -> anyhow::Result<StoreSource> + Send>;
+/// How the server gets its engine, in two steps run on a background thread after the socket is bound:
+/// `find` names the store directory (building the default store on first use), then `open` opens a
+/// directory: that one, or its private copy in read-only mode.
+pub struct Loader {
+    /// Names the store directory.
+    pub find: Box<dyn FnOnce() -> anyhow::Result<PathBuf> + Send>,
+    /// Opens a store directory for queries with the server's engine settings.
+    pub open: Box<dyn FnOnce(&Path, EngineConfig) -> anyhow::Result<OpenedEngine> + Send>,
+}
 
 /// Whether the server installs SIGTERM / ctrl-c handlers (a binary does; a server inside tests does not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,26 +402,26 @@ fn stop_on_signals(handle: &ServerHandle) {
     }
 }
 
-/// The loader thread: model and store, the read-only copy, the engine, the batcher; stops the server when
+/// The loader thread: the store, the read-only copy, the engine, the batcher; stops the server when
 /// any of it fails.
 fn load(state: &AppState, loader: Loader, handle: &ServerHandle) {
     let config = state.config();
     let outcome = (|| -> anyhow::Result<LocateService> {
-        let source = loader()?;
+        let store = (loader.find)()?;
         let replica = match config.read_only {
-            true => Some(StoreReplica::copy(&source.store).map_err(|e| {
-                anyhow::anyhow!("copying the store {}: {e}", source.store.display())
-            })?),
+            true => Some(
+                StoreReplica::copy(&store)
+                    .map_err(|e| anyhow::anyhow!("copying the store {}: {e}", store.display()))?,
+            ),
             false => None,
         };
-        let dir = replica.as_ref().map_or(source.store.as_path(), |r| r.dir());
-        let engine = Engine::open(dir, source.model, config.engine.clone())?;
-        let metrics = state.metrics_arc();
+        let dir = replica.as_ref().map_or(store.as_path(), |r| r.dir());
+        let opened = (loader.open)(dir, config.engine.clone())?;
         Ok(LocateService::start(
-            Arc::new(engine),
+            opened,
             replica,
             config,
-            metrics,
+            state.metrics_arc(),
         )?)
     })();
     match outcome {

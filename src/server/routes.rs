@@ -195,6 +195,7 @@ async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         model: snapshot.model().config().model_id.clone(),
         cities: snapshot.cities().len(),
         read_only: service.read_only(),
+        generation: service.live().map(|live| live.current_generation()),
     }))
 }
 

@@ -16,13 +16,15 @@ use super::batcher::{BatchError, Batcher, SubmitError};
 use super::metrics::Metrics;
 use super::problem::ApiError;
 use super::replica::StoreReplica;
-use super::ServerConfig;
-use crate::engine::{Answer, Engine, EngineError};
+use super::{OpenedEngine, ServerConfig};
+use crate::engine::{Answer, Engine, EngineError, LiveStore};
 
-/// The engine behind its queue, and the private store copy of a read-only replica.
+/// The engine behind its queue, the live store behind the engine (if any), and the private store copy of a
+/// read-only replica.
 pub struct LocateService {
     batcher: Batcher<Answer, EngineError>,
     engine: Arc<Engine>,
+    live: Option<Arc<LiveStore>>,
     read_only: bool,
     retry_after_s: u64,
     timeout: Duration,
@@ -30,13 +32,14 @@ pub struct LocateService {
 }
 
 impl LocateService {
-    /// Starts the batcher thread in front of `engine`.
+    /// Starts the batcher thread in front of the opened engine.
     pub fn start(
-        engine: Arc<Engine>,
+        opened: OpenedEngine,
         replica: Option<StoreReplica>,
         config: &ServerConfig,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
+        let OpenedEngine { engine, live } = opened;
         let worker_engine = Arc::clone(&engine);
         let batcher = Batcher::spawn(config.batcher(), metrics, move |texts: &[&str]| {
             worker_engine.locate(texts)
@@ -44,6 +47,7 @@ impl LocateService {
         Ok(Self {
             batcher,
             engine,
+            live,
             read_only: config.read_only,
             retry_after_s: config.retry_after_s,
             timeout: Duration::from_millis(config.request_timeout_ms),
@@ -54,6 +58,11 @@ impl LocateService {
     /// The engine (for the city routes and readiness).
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The generational store behind the engine, when the served store is one.
+    pub fn live(&self) -> Option<&LiveStore> {
+        self.live.as_deref()
     }
 
     /// Whether this is a read-only replica.
