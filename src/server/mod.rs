@@ -197,14 +197,20 @@ pub struct OpenedEngine {
     pub live: Option<Arc<LiveStore>>,
 }
 
+/// Names the store directory, building the default store on first use.
+pub type FindStore = Box<dyn FnOnce() -> anyhow::Result<PathBuf> + Send>;
+
+/// Opens a store directory for queries with the server's engine settings.
+pub type OpenStore = Box<dyn FnOnce(&Path, EngineConfig) -> anyhow::Result<OpenedEngine> + Send>;
+
 /// How the server gets its engine, in two steps run on a background thread after the socket is bound:
 /// `find` names the store directory (building the default store on first use), then `open` opens a
 /// directory: that one, or its private copy in read-only mode.
 pub struct Loader {
     /// Names the store directory.
-    pub find: Box<dyn FnOnce() -> anyhow::Result<PathBuf> + Send>,
-    /// Opens a store directory for queries with the server's engine settings.
-    pub open: Box<dyn FnOnce(&Path, EngineConfig) -> anyhow::Result<OpenedEngine> + Send>,
+    pub find: FindStore,
+    /// Opens a store directory (the one found, or its private copy).
+    pub open: OpenStore,
 }
 
 /// Whether the server installs SIGTERM / ctrl-c handlers (a binary does; a server inside tests does not).
