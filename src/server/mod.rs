@@ -17,12 +17,14 @@
 //!   document ([`openapi`]).
 //! - SIGTERM and ctrl-c stop the server gracefully: it stops accepting connections, in-flight requests
 //!   finish (up to `shutdown_timeout_s`), then the batcher drains and the process exits 0.
-//! - Handlers read the engine's current generation per request (`Engine::snapshot`), and each batch runs
-//!   on the generation current when it starts, so a generation swapped in with `Engine::swap` (the ingest
-//!   issue's retrain) is served from the next request on without a restart.
+//! - Stores are opened the way `locate` opens them (a generational store with its own model, or a plain
+//!   index with the given model). Handlers read the engine's current generation per request
+//!   (`Engine::snapshot`) and each batch runs on the generation current when it starts, so a generation
+//!   that the live store swaps in (`LiveStore` retrain or rollback) is served from the next request on.
 //! - `read_only` serves a private copy of the store ([`replica`]) so several replicas can serve copies of
 //!   one store behind a load balancer. Write routes (the ingest issue) will live in a scope guarded by
-//!   [`auth::require_api_key`] and are not mounted on a read-only replica.
+//!   [`auth::require_api_key`], write through `LocateService::live`, and are not mounted on a read-only
+//!   replica.
 
 pub mod api;
 pub mod auth;
