@@ -26,7 +26,7 @@ use contrastgeo::data::read_labelled_posts;
 use contrastgeo::engine::{Engine, EngineConfig, LiveStore};
 use contrastgeo::geo::CityTable;
 use contrastgeo::model::{GeoModel, GeoModelConfig, ModelFiles};
-use contrastgeo::server::{self, OpenedEngine, ServerConfig, Signals};
+use contrastgeo::server::{self, ServerConfig, Signals, StoreSource};
 use contrastgeo_index::SupportPost;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -58,20 +58,12 @@ fn load_model() -> Arc<GeoModel> {
 
 /// Opens a store as `contrastgeo serve` does: a generational store (written by `contrastgeo index build`) with
 /// its own model, a plain one (written by `Engine::build_index`) with `model`.
-fn open_any(dir: &Path, model: Arc<GeoModel>, config: EngineConfig) -> OpenedEngine {
+fn open_any(dir: &Path, model: Arc<GeoModel>, config: EngineConfig) -> Arc<Engine> {
     if LiveStore::exists(dir) {
-        let live = Arc::new(
-            LiveStore::open(dir, &candle_core::Device::Cpu, config).expect("open the store"),
-        );
-        return OpenedEngine {
-            engine: live.shared_engine(),
-            live: Some(live),
-        };
+        let live = LiveStore::open(dir, &candle_core::Device::Cpu, config).expect("open the store");
+        return live.shared_engine();
     }
-    OpenedEngine {
-        engine: Arc::new(Engine::open(dir, model, config).expect("open the store")),
-        live: None,
-    }
+    Arc::new(Engine::open(dir, model, config).expect("open the store"))
 }
 
 /// The fixture store (20 cities, the first 5 posts of each as support) and the other fixture posts.
@@ -255,10 +247,12 @@ fn main() {
     };
     let config_wait = config.max_batch_wait_ms;
     let (serving_model, serving_store) = (Arc::clone(&model), store.clone());
-    let loader = server::Loader {
-        find: Box::new(move || Ok(serving_store)),
-        open: Box::new(move |dir, config| Ok(open_any(dir, serving_model, config))),
-    };
+    let loader: server::Loader = Box::new(move || {
+        Ok(StoreSource {
+            model: serving_model,
+            store: serving_store,
+        })
+    });
     let running = server::start(config, loader, Signals::Ignore).expect("start the server");
     let base = format!("http://{}", running.addr());
     let probe: ureq::Agent = ureq::Agent::config_builder()
@@ -294,7 +288,7 @@ fn main() {
         );
         measured.push((clients, rate));
     }
-    let engine = open_any(&store, model, EngineConfig::default()).engine;
+    let engine = open_any(&store, model, EngineConfig::default());
     let chunk = env_or("CONTRASTGEO_BENCH_BULK_CHUNK", 256usize).max(1);
     let bulk_rate = bulk(&engine, &posts, chunk, seconds);
     println!("bulk Engine::locate (chunks of {chunk}): {bulk_rate:.1} posts/s");

@@ -213,3 +213,97 @@ fn out_of_range_coordinates_in_a_city_record_are_named() {
     assert!(message.contains("line 2"), "{message}");
     assert!(message.contains("out of range"), "{message}");
 }
+
+/// REST request bodies: any bytes or any JSON value give a parsed request or a problem (never a panic), and
+/// in a batch every bad post gets its own problem while the good ones are kept.
+mod rest_bodies {
+    use contrastgeo::server::api::{parse_locate, ParsedLocate, RequestLimits};
+    use contrastgeo::server::writes::{parse_body, AddCityRequest, AddExamplesRequest};
+    use proptest::prelude::*;
+
+    fn limits() -> RequestLimits {
+        RequestLimits {
+            batch_limit: 8,
+            max_text_chars: 50,
+            max_top_k: 10,
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z ]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("text".to_string()),
+                        Just("posts".to_string()),
+                        Just("top_k".to_string()),
+                        Just("city".to_string()),
+                        Just("examples".to_string()),
+                        Just("lat".to_string()),
+                        "[a-z]{1,5}"
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_body_is_parsed_or_refused_with_a_problem(
+            bytes in prop::collection::vec(any::<u8>(), 0..256),
+            value in json_value(),
+        ) {
+            let _ = parse_locate(&bytes, &limits());
+            let _ = parse_body::<AddCityRequest>(&bytes);
+            let text = value.to_string();
+            for outcome in [
+                parse_locate(text.as_bytes(), &limits()).err(),
+                parse_body::<AddCityRequest>(text.as_bytes()).err(),
+                parse_body::<AddExamplesRequest>(text.as_bytes()).err(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let problem = outcome.problem();
+                prop_assert!(problem.status >= 400 && problem.status < 500, "{:?}", problem);
+            }
+        }
+
+        #[test]
+        fn a_batch_keeps_its_good_posts_and_gives_each_bad_one_its_problem(
+            posts in prop::collection::vec(
+                prop_oneof![
+                    "[a-z]{1,20}".prop_map(|t| (serde_json::json!({"text": t}), true)),
+                    Just((serde_json::json!({"text": "  "}), false)),
+                    Just((serde_json::json!({"text": 5}), false)),
+                    Just((serde_json::json!({"text": "ok", "top_k": 0}), false)),
+                    Just((serde_json::json!({"txt": "x"}), false)),
+                ],
+                1..8,
+            )
+        ) {
+            let body = serde_json::json!({"posts": posts.iter().map(|p| p.0.clone()).collect::<Vec<_>>()});
+            match parse_locate(body.to_string().as_bytes(), &limits()) {
+                Ok(ParsedLocate::Batch(parsed)) => {
+                    prop_assert_eq!(parsed.len(), posts.len());
+                    for (got, (_, good)) in parsed.iter().zip(&posts) {
+                        prop_assert_eq!(got.is_ok(), *good, "{:?}", got);
+                    }
+                }
+                other => prop_assert!(false, "a batch must parse as a batch: {:?}", other),
+            }
+        }
+    }
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Scores `contrastgeo locate` JSONL output against labelled posts (the same file, in the same order, that was
-given to locate): prints Acc@1, Acc@161km and the count. Usage: tools/score_locate.py LABELLED.jsonl LOCATED.jsonl"""
+given to locate): prints Acc@1, Acc@161km, mean and median error in km, and the count. Usage: tools/score_locate.py LABELLED.jsonl LOCATED.jsonl"""
 import json
 import math
 import sys
@@ -13,11 +13,18 @@ def km(lat1, lon1, lat2, lon2):
 truth = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 located = {r["line"]: r for r in (json.loads(line) for line in open(sys.argv[2]) if line.strip())}
 hits = near = 0
+errors = []
 for line, post in enumerate(truth, start=1):
     answer = located.get(line)
-    if answer is None:
+    if answer is None or answer.get("city_id") is None:
         continue
     hits += str(answer["city_id"]) == str(post["city_id"])
-    near += km(post["lat"], post["lon"], answer["lat"], answer["lon"]) <= 161.0
+    error = km(post["lat"], post["lon"], answer["lat"], answer["lon"])
+    errors.append(error)
+    near += error <= 161.0
 n = len(truth)
-print(json.dumps({"posts": n, "answered": len(located), "acc1": hits / n, "acc161": near / n}))
+errors.sort()
+median = errors[len(errors) // 2] if errors else None
+mean = sum(errors) / len(errors) if errors else None
+print(json.dumps({"posts": n, "answered": len(located), "acc1": hits / n, "acc161": near / n,
+                  "mean_km": mean, "median_km": median}))

@@ -15,7 +15,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "../shared/data")]
     pub data_dir: PathBuf,
     /// K values, comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = super::flags::at_least_one, default_value = "1,5,16")]
+    #[arg(long, value_delimiter = ',', value_parser = super::flags::at_least_one, default_value = "1,2,4,8,16")]
     pub shots: Vec<usize>,
     /// Seeds, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]

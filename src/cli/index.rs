@@ -165,15 +165,15 @@ pub fn build_default_store(dir: &Path, model: &GeoModel) -> anyhow::Result<Gener
     build_with_progress(dir, model, &cities, &[])
 }
 
-/// The store directory to query: `store` (a flag or `$CONTRASTGEO_STORE`) when given, else the default store in
-/// the data home, built from the gazetteer (with `model`) on first use. `locate` and `serve` share it.
-pub fn store_dir_or_default(store: Option<&Path>, model: &GeoModelArgs) -> anyhow::Result<PathBuf> {
+/// The store to query: `store` (a flag or `$CONTRASTGEO_STORE`) when given, else the default store in the data
+/// home, built from the gazetteer on first use.
+pub fn open_or_build_default(store: Option<&Path>, model: &GeoModel) -> anyhow::Result<PathBuf> {
     if let Some(dir) = store {
         return Ok(dir.to_path_buf());
     }
     let dir = crate::home::default_store_dir();
     if !LiveStore::exists(&dir) && !crate::engine::Snapshot::exists(&dir) {
-        build_default_store(&dir, &model.load()?)?;
+        build_default_store(&dir, model)?;
     }
     Ok(dir)
 }
@@ -212,7 +212,16 @@ pub fn open_store(
     model: &GeoModelArgs,
     config: EngineConfig,
 ) -> anyhow::Result<OpenedStore> {
-    let dir = store_dir_or_default(store, model)?;
+    let dir = match store {
+        Some(dir) => dir.to_path_buf(),
+        None => {
+            let dir = crate::home::default_store_dir();
+            if !LiveStore::exists(&dir) && !crate::engine::Snapshot::exists(&dir) {
+                build_default_store(&dir, &model.load()?)?;
+            }
+            dir
+        }
+    };
     if LiveStore::exists(&dir) {
         let device = model.model.device.open()?;
         let live = LiveStore::open(&dir, &device, config)

@@ -66,6 +66,9 @@ pub struct EngineArgs {
     /// Support posts returned as evidence per answer.
     #[arg(long, default_value_t = EngineConfig::default().evidence)]
     pub evidence: usize,
+    /// Weight of the population prior (added to a city's similarity: weight * ln(1 + population)); 0 = off.
+    #[arg(long, env = "CONTRASTGEO_POPULATION_PRIOR", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().population_prior)]
+    pub population_prior: f32,
 }
 
 impl EngineArgs {
@@ -78,6 +81,7 @@ impl EngineArgs {
             ef_search: self.ef_search,
             rerank_batch: self.rerank_batch,
             evidence: self.evidence,
+            population_prior: self.population_prior,
         }
     }
 }

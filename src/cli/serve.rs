@@ -5,12 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::flags;
-use super::index::{open_store, store_dir_or_default, GeoModelArgs};
+use super::index::{open_or_build_default, GeoModelArgs};
 use super::locate::EngineArgs;
 use super::UsageError;
-use crate::server::{self, OpenedEngine, ServeError, ServerConfig};
+use crate::server::{self, ServeError, ServerConfig, StoreSource};
 
 /// Arguments of `contrastgeo serve`; every setting defaults to [`ServerConfig::default`].
 #[derive(Debug, clap::Args)]
@@ -61,6 +62,16 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM / ctrl-c, seconds.
     #[arg(long, default_value_t = ServerConfig::default().shutdown_timeout_s)]
     pub shutdown_timeout_s: u64,
+    /// Threads a retrain trains on, leaving the rest to queries (0: half the cores).
+    #[arg(long, default_value_t = ServerConfig::default().retrain_threads)]
+    pub retrain_threads: usize,
+    /// Retrain on its own once this many new labelled posts arrived (and `--retrain-quiet-s` passed
+    /// without one); 0 never retrains on its own.
+    #[arg(long, default_value_t = ServerConfig::default().retrain_after_labels)]
+    pub retrain_after_labels: u64,
+    /// Seconds without a new label before an automatic retrain starts.
+    #[arg(long, default_value_t = ServerConfig::default().retrain_quiet_s)]
+    pub retrain_quiet_s: u64,
     /// The model (must be the one the store was built with).
     #[command(flatten)]
     pub model: GeoModelArgs,
@@ -88,26 +99,23 @@ impl ServeArgs {
             retry_after_s: self.retry_after_s,
             shutdown_timeout_s: self.shutdown_timeout_s,
             engine: self.engine.config(),
+            retrain_threads: self.retrain_threads,
+            retrain_after_labels: self.retrain_after_labels,
+            retrain_quiet_s: self.retrain_quiet_s,
         }
     }
 }
 
 /// Runs the service until SIGTERM or ctrl-c; returns 0 (no input lines to reject).
 pub fn run(args: &ServeArgs) -> anyhow::Result<usize> {
-    let config = args.config();
-    let (find_model, open_model) = (args.model.clone(), args.model.clone());
+    let model_args = args.model.clone();
     let store = args.store.clone();
-    let loader = server::Loader {
-        find: Box::new(move || store_dir_or_default(store.as_deref(), &find_model)),
-        open: Box::new(move |dir, engine_config| {
-            let opened = open_store(Some(dir), &open_model, engine_config)?;
-            Ok(OpenedEngine {
-                engine: opened.engine(),
-                live: opened.live().cloned(),
-            })
-        }),
-    };
-    match server::run(config, loader) {
+    let loader: server::Loader = Box::new(move || {
+        let model = Arc::new(model_args.load()?);
+        let store = open_or_build_default(store.as_deref(), &model)?;
+        Ok(StoreSource { model, store })
+    });
+    match server::run(args.config(), loader) {
         Err(ServeError::InvalidConfig(why)) => Err(UsageError(why).into()),
         other => Ok(other.map(|()| 0)?),
     }

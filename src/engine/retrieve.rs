@@ -25,6 +25,15 @@ pub struct CityScore {
     pub support_similarity: Option<f32>,
     /// The combined score (see the module documentation).
     pub retrieval: f32,
+    /// The population prior added to `retrieval` when ranking: `population_prior * ln(1 + population)`.
+    pub prior: f32,
+}
+
+impl CityScore {
+    /// What the shortlist is ranked by: the retrieval score plus the population prior.
+    pub fn ranking(&self) -> f32 {
+        self.retrieval + self.prior
+    }
 }
 
 /// `w * prompt + (1 - w) * support`, or whichever of the two exists; `None` when neither does.
@@ -50,6 +59,7 @@ pub fn score_city(query: &[f32], entry: &CityEntry, prompt_weight: f32) -> Optio
         prompt_similarity,
         support_similarity,
         retrieval: combine(prompt_similarity, support_similarity, prompt_weight)?,
+        prior: 0.0,
     })
 }
 
@@ -59,6 +69,7 @@ pub fn shortlist(
     neighbours: &[Neighbour],
     cities: &CityCache,
     prompt_weight: f32,
+    population_prior: f32,
     top_k: usize,
 ) -> Vec<CityScore> {
     let mut seen = std::collections::HashSet::new();
@@ -66,11 +77,15 @@ pub fn shortlist(
         .iter()
         .filter(|n| seen.insert(n.meta.city))
         .filter_map(|n| cities.get(n.meta.city))
-        .filter_map(|entry| score_city(query, entry, prompt_weight))
+        .filter_map(|entry| {
+            let mut score = score_city(query, entry, prompt_weight)?;
+            score.prior = population_prior * (entry.city.population as f32).ln_1p();
+            Some(score)
+        })
         .collect();
     scored.sort_by(|a, b| {
-        b.retrieval
-            .total_cmp(&a.retrieval)
+        b.ranking()
+            .total_cmp(&a.ranking())
             .then(a.city.cmp(&b.city))
     });
     scored.truncate(top_k);
@@ -84,10 +99,18 @@ pub fn retrieve(
     query: &[f32],
     neighbours: usize,
     prompt_weight: f32,
+    population_prior: f32,
     top_k: usize,
 ) -> Result<Vec<CityScore>> {
     let found = index.search(query, neighbours)?;
-    Ok(shortlist(query, &found, cities, prompt_weight, top_k))
+    Ok(shortlist(
+        query,
+        &found,
+        cities,
+        prompt_weight,
+        population_prior,
+        top_k,
+    ))
 }
 
 /// The `count` support posts of `entry` most similar to `query`: `(post id, similarity)`, best first.

@@ -210,9 +210,6 @@ pub struct Readiness {
     pub cities: usize,
     /// Whether the server serves a read-only copy.
     pub read_only: bool,
-    /// The live generation, when the store has generations (written by `contrastgeo index build`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<u64>,
 }
 
 /// Whether the request declares a JSON body (`application/json` or `application/<x>+json`).

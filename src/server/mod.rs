@@ -17,14 +17,12 @@
 //!   document ([`openapi`]).
 //! - SIGTERM and ctrl-c stop the server gracefully: it stops accepting connections, in-flight requests
 //!   finish (up to `shutdown_timeout_s`), then the batcher drains and the process exits 0.
-//! - Stores are opened the way `locate` opens them (a generational store with its own model, or a plain
-//!   index with the given model). Handlers read the engine's current generation per request
-//!   (`Engine::snapshot`) and each batch runs on the generation current when it starts, so a generation
-//!   that the live store swaps in (`LiveStore` retrain or rollback) is served from the next request on.
+//! - Handlers read the engine's current generation per request (`Engine::snapshot`), and each batch runs
+//!   on the generation current when it starts, so a generation swapped in with `Engine::swap` (the ingest
+//!   issue's retrain) is served from the next request on without a restart.
 //! - `read_only` serves a private copy of the store ([`replica`]) so several replicas can serve copies of
 //!   one store behind a load balancer. Write routes (the ingest issue) will live in a scope guarded by
-//!   [`auth::require_api_key`], write through `LocateService::live`, and are not mounted on a read-only
-//!   replica.
+//!   [`auth::require_api_key`] and are not mounted on a read-only replica.
 
 pub mod api;
 pub mod auth;
@@ -35,9 +33,10 @@ pub mod problem;
 pub mod replica;
 pub mod routes;
 pub mod service;
+pub mod writes;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -48,6 +47,7 @@ use actix_web::{web, App, HttpServer};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, EngineConfig, LiveStore};
+use crate::model::GeoModel;
 use api::RequestLimits;
 use auth::WriteAccess;
 use batcher::BatcherConfig;
@@ -89,6 +89,12 @@ pub struct ServerConfig {
     pub shutdown_timeout_s: u64,
     /// The query path's settings (the shortlist size `top_k` is also the largest `top_k` a request may ask).
     pub engine: EngineConfig,
+    /// Threads a retrain trains and re-encodes on (the rest stay with the queries); 0 for half the cores.
+    pub retrain_threads: usize,
+    /// Retrain on its own once this many new labelled posts arrived (with `retrain_quiet_s`); 0 = never.
+    pub retrain_after_labels: u64,
+    /// ... and no label arrived for this many seconds.
+    pub retrain_quiet_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +115,9 @@ impl Default for ServerConfig {
             retry_after_s: 1,
             shutdown_timeout_s: 30,
             engine: EngineConfig::default(),
+            retrain_threads: 0,
+            retrain_after_labels: 0,
+            retrain_quiet_s: 60,
         }
     }
 }
@@ -189,31 +198,16 @@ impl ServerConfig {
     }
 }
 
-/// A store opened for queries: the engine that answers, and the live store behind it when the store has
-/// generations and takes new labels (what the ingest routes will write to).
-pub struct OpenedEngine {
-    /// The engine answering queries.
-    pub engine: Arc<Engine>,
-    /// The generational store, when the store is one (kept open for as long as the server runs: it holds the
-    /// store's lock).
-    pub live: Option<Arc<LiveStore>>,
+/// What the background loader hands the server: the model and the store directory it filled.
+pub struct StoreSource {
+    /// The model answering queries (the one the store was built with).
+    pub model: Arc<GeoModel>,
+    /// The store directory (copied first in read-only mode).
+    pub store: PathBuf,
 }
 
-/// Names the store directory, building the default store on first use.
-pub type FindStore = Box<dyn FnOnce() -> anyhow::Result<PathBuf> + Send>;
-
-/// Opens a store directory for queries with the server's engine settings.
-pub type OpenStore = Box<dyn FnOnce(&Path, EngineConfig) -> anyhow::Result<OpenedEngine> + Send>;
-
-/// How the server gets its engine, in two steps run on a background thread after the socket is bound:
-/// `find` names the store directory (building the default store on first use), then `open` opens a
-/// directory: that one, or its private copy in read-only mode.
-pub struct Loader {
-    /// Names the store directory.
-    pub find: FindStore,
-    /// Opens a store directory (the one found, or its private copy).
-    pub open: OpenStore,
-}
+/// Loads the model and finds (or builds) the store; runs on a background thread after the socket is bound.
+pub type Loader = Box<dyn FnOnce() -> anyhow::Result<StoreSource> + Send>;
 
 /// Whether the server installs SIGTERM / ctrl-c handlers (a binary does; a server inside tests does not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,26 +404,46 @@ fn stop_on_signals(handle: &ServerHandle) {
     }
 }
 
-/// The loader thread: the store, the read-only copy, the engine, the batcher; stops the server when
+/// The loader thread: model and store, the read-only copy, the engine, the batcher; stops the server when
 /// any of it fails.
 fn load(state: &AppState, loader: Loader, handle: &ServerHandle) {
     let config = state.config();
     let outcome = (|| -> anyhow::Result<LocateService> {
-        let store = (loader.find)()?;
+        let source = loader()?;
         let replica = match config.read_only {
-            true => Some(
-                StoreReplica::copy(&store)
-                    .map_err(|e| anyhow::anyhow!("copying the store {}: {e}", store.display()))?,
-            ),
+            true => Some(StoreReplica::copy(&source.store).map_err(|e| {
+                anyhow::anyhow!("copying the store {}: {e}", source.store.display())
+            })?),
             false => None,
         };
-        let dir = replica.as_ref().map_or(store.as_path(), |r| r.dir());
-        let opened = (loader.open)(dir, config.engine.clone())?;
+        let dir = replica.as_ref().map_or(source.store.as_path(), |r| r.dir());
+        // A store with generations answers with its own model and takes writes (unless read-only).
+        let (engine, writer) = if LiveStore::exists(dir) {
+            let live = Arc::new(LiveStore::open(
+                dir,
+                source.model.device(),
+                config.engine.clone(),
+            )?);
+            let engine = live.shared_engine();
+            let writer = (!config.read_only).then(|| {
+                let threads = match config.retrain_threads {
+                    0 => (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1),
+                    n => n,
+                };
+                let policy = (config.retrain_after_labels > 0).then(|| writes::RetrainPolicy {
+                    min_new_labels: config.retrain_after_labels,
+                    quiet: Duration::from_secs(config.retrain_quiet_s),
+                });
+                writes::Writer::new(live, threads, policy)
+            });
+            (engine, writer)
+        } else {
+            let engine = Engine::open(dir, source.model, config.engine.clone())?;
+            (Arc::new(engine), None)
+        };
+        let metrics = state.metrics_arc();
         Ok(LocateService::start(
-            opened,
-            replica,
-            config,
-            state.metrics_arc(),
+            engine, writer, replica, config, metrics,
         )?)
     })();
     match outcome {

@@ -13,6 +13,10 @@ use serde_json::{json, Map, Value};
 use super::api::{CityDetail, CityList, CitySearch, Health, LocateBody, LocateReply, Readiness};
 use super::problem::{Problem, PROBLEM_JSON};
 use super::routes::{Operation, Route, ROUTES};
+use super::writes::{
+    AddCityRequest, AddExamplesRequest, IngestResponse, Job, JobAccepted, ModelList,
+    RetrainRequest, RollbackRequest, RollbackResponse,
+};
 
 /// The OpenAPI document of every route in [`ROUTES`].
 pub fn document() -> Value {
@@ -41,7 +45,15 @@ pub fn document() -> Value {
             "license": { "name": "Apache-2.0", "identifier": "Apache-2.0" }
         },
         "paths": paths,
-        "components": { "schemas": schemas }
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http", "scheme": "bearer",
+                    "description": "The key of --api-key-file, as `Authorization: Bearer KEY` (or `X-API-Key: KEY`)."
+                }
+            }
+        }
     })
 }
 
@@ -118,6 +130,69 @@ fn operation(route: &Route, g: &mut SchemaGenerator) -> Value {
                 "content": { "text/plain": { "schema": { "type": "string" } } }
             }), &[]),
         }),
+        Operation::AddCity => json!({
+            "operationId": "addCity",
+            "summary": "Add a city (new, or a gazetteer city's record) with example posts; searchable at once",
+            "description": "Needs the API key (`Authorization: Bearer KEY` or `X-API-Key`). The city and its \
+                examples go to the store's durable label log, then into the live index: a post like the \
+                examples is answered with the city as soon as this returns. A city without `id` gets one \
+                derived from its name, region and country.",
+            "security": [{ "apiKey": [] }],
+            "requestBody": {
+                "required": true,
+                "content": { "application/json": { "schema": schema::<AddCityRequest>(g) } }
+            },
+            "responses": responses_with("201", ok_json::<IngestResponse>(g, "Stored and searchable"), &[400, 401, 403, 409, 413, 415, 422, 500, 503], &problem),
+        }),
+        Operation::AddExamples => json!({
+            "operationId": "addExamples",
+            "summary": "Add example posts to a city of the store; searchable at once",
+            "security": [{ "apiKey": [] }],
+            "parameters": [{
+                "name": "id", "in": "path", "required": true,
+                "description": "The city's id.",
+                "schema": { "type": "integer", "format": "uint64", "minimum": 0 }
+            }],
+            "requestBody": {
+                "required": true,
+                "content": { "application/json": { "schema": schema::<AddExamplesRequest>(g) } }
+            },
+            "responses": responses(ok_json::<IngestResponse>(g, "Stored and searchable"), &[400, 401, 403, 404, 413, 415, 422, 500, 503]),
+        }),
+        Operation::Retrain => json!({
+            "operationId": "retrain",
+            "summary": "Start a retrain on every stored label; the new model goes live only if it passes the gate",
+            "security": [{ "apiKey": [] }],
+            "requestBody": {
+                "required": false,
+                "content": { "application/json": { "schema": schema::<RetrainRequest>(g) } }
+            },
+            "responses": responses_with("202", ok_json::<JobAccepted>(g, "Started; follow GET /v1/jobs/{id}"), &[400, 401, 403, 409, 415, 422, 503], &problem),
+        }),
+        Operation::GetJob => json!({
+            "operationId": "getJob",
+            "summary": "A job's state, progress and report",
+            "parameters": [{
+                "name": "id", "in": "path", "required": true,
+                "schema": { "type": "integer", "format": "uint64", "minimum": 0 }
+            }],
+            "responses": responses(ok_json::<Job>(g, "The job"), &[400, 403, 404, 503]),
+        }),
+        Operation::ListModels => json!({
+            "operationId": "listModels",
+            "summary": "The store's model versions (generations), oldest first",
+            "responses": responses(ok_json::<ModelList>(g, "The versions"), &[403, 503]),
+        }),
+        Operation::Rollback => json!({
+            "operationId": "rollback",
+            "summary": "Make an earlier model version live again",
+            "security": [{ "apiKey": [] }],
+            "requestBody": {
+                "required": true,
+                "content": { "application/json": { "schema": schema::<RollbackRequest>(g) } }
+            },
+            "responses": responses(ok_json::<RollbackResponse>(g, "Rolled back"), &[400, 401, 403, 409, 415, 422, 503]),
+        }),
         Operation::OpenApi => json!({
             "operationId": "openapi",
             "summary": "This document",
@@ -144,8 +219,13 @@ fn ok_json<T: JsonSchema>(g: &mut SchemaGenerator, description: &str) -> Value {
 
 /// The responses object: `ok` for 200, then a problem response per error status.
 fn responses(ok: Value, errors: &[u16], problem: &Value) -> Value {
+    responses_with("200", ok, errors, problem)
+}
+
+/// The responses object with `ok` under another success status (201, 202).
+fn responses_with(status: &str, ok: Value, errors: &[u16], problem: &Value) -> Value {
     let mut responses = Map::new();
-    responses.insert("200".into(), ok);
+    responses.insert(status.into(), ok);
     for &status in errors {
         responses.insert(
             status.to_string(),
@@ -163,7 +243,9 @@ fn error_description(status: u16) -> &'static str {
     match status {
         400 => "Malformed JSON, or a field or parameter of the wrong type (named in `field`)",
         401 => "Missing or wrong API key",
-        404 => "Unknown city or route",
+        403 => "This server takes no writes (a read-only replica, or a plain index without a label log)",
+        409 => "Conflicts with work in progress (a retrain is running)",
+        404 => "Unknown city, job or route",
         405 => "Method not allowed (see the `Allow` header)",
         413 => "Request body over the size limit",
         415 => "Body not `application/json`",

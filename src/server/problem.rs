@@ -122,6 +122,24 @@ pub enum ApiError {
         /// Why the key was refused.
         reason: String,
     },
+    /// The request conflicts with work in progress (a retrain while another runs).
+    #[error("{detail}")]
+    Conflict {
+        /// What is in the way.
+        detail: String,
+    },
+    /// No job has this id.
+    #[error("no job with id {id} (jobs are kept until the server restarts)")]
+    JobNotFound {
+        /// The id asked for.
+        id: u64,
+    },
+    /// The served store takes no writes: a read-only replica, or a plain index without a label log.
+    #[error("{reason}")]
+    WritesUnavailable {
+        /// Why.
+        reason: String,
+    },
     /// The queue in front of the model is full.
     #[error(
         "the server is overloaded ({queued} posts already queued); retry after {retry_after_s} s"
@@ -227,6 +245,13 @@ impl ApiError {
                 "unauthorized",
                 "Missing or wrong API key",
             ),
+            Self::Conflict { .. } => kind(StatusCode::CONFLICT, "conflict", "Conflict"),
+            Self::JobNotFound { .. } => kind(StatusCode::NOT_FOUND, "job-not-found", "Unknown job"),
+            Self::WritesUnavailable { .. } => kind(
+                StatusCode::FORBIDDEN,
+                "writes-unavailable",
+                "This server takes no writes",
+            ),
             Self::Overloaded { .. } => kind(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -258,13 +283,15 @@ impl ApiError {
     pub fn field(&self) -> Option<&str> {
         match self {
             Self::WrongType { field, .. } | Self::InvalidValue { field, .. } => Some(field),
-            Self::CityNotFound { .. } => Some("id"),
+            Self::CityNotFound { .. } | Self::JobNotFound { .. } => Some("id"),
             Self::MalformedJson { .. }
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. }
             | Self::PayloadTooLarge { .. }
             | Self::UnsupportedMediaType { .. }
             | Self::Unauthorized { .. }
+            | Self::Conflict { .. }
+            | Self::WritesUnavailable { .. }
             | Self::Overloaded { .. }
             | Self::NotReady { .. }
             | Self::ShuttingDown
@@ -337,12 +364,28 @@ impl ResponseError for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
+        // Exhaustive on purpose: a new engine error must be given its status here.
         match error {
             EngineError::Model(ModelError::EmptyText { .. }) => {
                 Self::invalid("text", "the text is empty or whitespace only")
             }
-            other => Self::Internal {
-                detail: other.to_string(),
+            EngineError::Busy(detail) => Self::Conflict { detail },
+            error @ (EngineError::StoreBusy { .. } | EngineError::DuplicateCity(_)) => {
+                Self::Conflict {
+                    detail: error.to_string(),
+                }
+            }
+            error @ (EngineError::Model(_)
+            | EngineError::Index(_)
+            | EngineError::NoStore { .. }
+            | EngineError::EmptyStore { .. }
+            | EngineError::ModelMismatch { .. }
+            | EngineError::UnknownSupportCity { .. }
+            | EngineError::NoCities
+            | EngineError::NoCandidates { .. }
+            | EngineError::InvalidConfig(_)
+            | EngineError::Io { .. }) => Self::Internal {
+                detail: error.to_string(),
             },
         }
     }

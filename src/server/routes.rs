@@ -11,8 +11,10 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::api::{self, CityDetail, CityList, CitySearch, Health, Readiness};
+use super::auth::WriteAccess;
 use super::problem::ApiError;
 use super::service::AppState;
+use super::writes;
 
 /// What a route does; each has one handler and one OpenAPI operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,18 @@ pub enum Operation {
     Metrics,
     /// `GET /openapi.json`: this API's description.
     OpenApi,
+    /// `POST /v1/cities`: add a city with example posts (API key).
+    AddCity,
+    /// `POST /v1/cities/{id}/examples`: add example posts to a city (API key).
+    AddExamples,
+    /// `POST /v1/retrain`: start a retrain job (API key).
+    Retrain,
+    /// `GET /v1/jobs/{id}`: a job's state and progress.
+    GetJob,
+    /// `GET /v1/models`: the store's model versions.
+    ListModels,
+    /// `POST /v1/models/rollback`: make an earlier version live (API key).
+    Rollback,
 }
 
 /// One route: method, path (with `{param}` segments, as actix and OpenAPI both write them) and operation.
@@ -81,6 +95,36 @@ pub const ROUTES: &[Route] = &[
         path: "/openapi.json",
         operation: Operation::OpenApi,
     },
+    Route {
+        method: "POST",
+        path: "/v1/cities",
+        operation: Operation::AddCity,
+    },
+    Route {
+        method: "POST",
+        path: "/v1/cities/{id}/examples",
+        operation: Operation::AddExamples,
+    },
+    Route {
+        method: "POST",
+        path: "/v1/retrain",
+        operation: Operation::Retrain,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/jobs/{id}",
+        operation: Operation::GetJob,
+    },
+    Route {
+        method: "GET",
+        path: "/v1/models",
+        operation: Operation::ListModels,
+    },
+    Route {
+        method: "POST",
+        path: "/v1/models/rollback",
+        operation: Operation::Rollback,
+    },
 ];
 
 /// Registers one resource per path of [`ROUTES`], with a 405 problem for the methods it does not take.
@@ -99,6 +143,12 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 Operation::Ready => resource.route(on.to(ready)),
                 Operation::Metrics => resource.route(on.to(metrics)),
                 Operation::OpenApi => resource.route(on.to(openapi)),
+                Operation::AddCity => resource.route(on.to(add_city)),
+                Operation::AddExamples => resource.route(on.to(add_examples)),
+                Operation::Retrain => resource.route(on.to(retrain)),
+                Operation::GetJob => resource.route(on.to(get_job)),
+                Operation::ListModels => resource.route(on.to(list_models)),
+                Operation::Rollback => resource.route(on.to(rollback)),
             };
         }
         config.service(resource);
@@ -195,7 +245,6 @@ async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         model: snapshot.model().config().model_id.clone(),
         cities: snapshot.cities().len(),
         read_only: service.read_only(),
-        generation: service.live().map(|live| live.current_generation()),
     }))
 }
 
@@ -214,6 +263,167 @@ async fn openapi(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(ContentType::json())
         .body(state.openapi().to_string())
+}
+
+/// Checks the API key and the content type, and reads a write route's JSON body.
+async fn write_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, ApiError> {
+    req.app_data::<web::Data<WriteAccess>>().map_or_else(
+        || WriteAccess::disabled().check(req.headers()),
+        |a| a.check(req.headers()),
+    )?;
+    let body = read_body(req, payload, state.config().body_limit_bytes).await?;
+    if body.is_empty() {
+        // A bodiless POST (e.g. `curl -X POST .../v1/retrain`) means "all defaults".
+        return writes::parse_body(b"{}");
+    }
+    api::require_json(req.headers())?;
+    writes::parse_body(&body)
+}
+
+/// Runs a blocking store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(call).await.map_err(|e| ApiError::Internal {
+        detail: format!("a store call failed to run: {e}"),
+    })?
+}
+
+/// The write side of the loaded service, shared with a blocking call.
+fn writer(state: &web::Data<AppState>) -> Result<web::Data<AppState>, ApiError> {
+    state.ready()?.writer()?;
+    Ok(state.clone())
+}
+
+/// `POST /v1/cities`: 201 with what was stored.
+async fn add_city(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request: writes::AddCityRequest = write_body(&state, &req, payload).await?;
+    let city = writes::city_of(&request)?;
+    writes::Writer::check_examples(&request.examples, state.config().max_text_chars)?;
+    let state = writer(&state)?;
+    let stored = blocking(move || {
+        let writer = state.ready()?.writer()?;
+        writer.ingest(Some(city.clone()), city.id, &request.examples)
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(stored))
+}
+
+/// `POST /v1/cities/{id}/examples`: 200 with what was stored.
+async fn add_examples(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request: writes::AddExamplesRequest = write_body(&state, &req, payload).await?;
+    let id = api::parse_city_id(&id)?;
+    if request.examples.is_empty() {
+        return Err(ApiError::invalid(
+            "examples",
+            "give at least one example post",
+        ));
+    }
+    writes::Writer::check_examples(&request.examples, state.config().max_text_chars)?;
+    let state = writer(&state)?;
+    let stored = blocking(move || {
+        let writer = state.ready()?.writer()?;
+        if !writer.knows_city(id)? {
+            return Err(ApiError::CityNotFound { id });
+        }
+        writer.ingest(None, id, &request.examples)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(stored))
+}
+
+/// `POST /v1/retrain`: 202 with the job to follow.
+async fn retrain(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request: writes::RetrainRequest = write_body(&state, &req, payload).await?;
+    let job = state.ready()?.writer()?.start_retrain(&request)?;
+    Ok(HttpResponse::Accepted().json(writes::JobAccepted { job }))
+}
+
+/// `GET /v1/jobs/{id}`.
+async fn get_job(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::wrong_type("id", format!("a job id is an unsigned integer, got {id:?}"))
+    })?;
+    let job = state
+        .ready()?
+        .writer()?
+        .job(id)
+        .ok_or(ApiError::JobNotFound { id })?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+/// `GET /v1/models`.
+async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let state = writer(&state)?;
+    let list = blocking(move || {
+        let store = state.ready()?.writer()?.store();
+        let models = store.versions().map_err(ApiError::from)?;
+        Ok(writes::ModelList {
+            current: store.current_generation(),
+            models,
+        })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// `POST /v1/models/rollback`.
+async fn rollback(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request: writes::RollbackRequest = write_body(&state, &req, payload).await?;
+    let state = writer(&state)?;
+    let done = blocking(move || {
+        let store = state.ready()?.writer()?.store();
+        if store.is_retraining() {
+            return Err(ApiError::Conflict {
+                detail: "a retrain is running; roll back when it has finished".into(),
+            });
+        }
+        let known = store
+            .versions()
+            .map_err(ApiError::from)?
+            .iter()
+            .any(|v| v.manifest.id == request.to);
+        if !known {
+            return Err(ApiError::invalid(
+                "to",
+                format!(
+                    "there is no model version {} (GET /v1/models lists them)",
+                    request.to
+                ),
+            ));
+        }
+        let manifest = store.rollback(request.to).map_err(ApiError::from)?;
+        Ok(writes::RollbackResponse {
+            current: manifest.id,
+            model_id: manifest.model_id,
+        })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(done))
 }
 
 /// The default service of a known path: 405 with the methods it takes.

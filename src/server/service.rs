@@ -16,15 +16,14 @@ use super::batcher::{BatchError, Batcher, SubmitError};
 use super::metrics::Metrics;
 use super::problem::ApiError;
 use super::replica::StoreReplica;
-use super::{OpenedEngine, ServerConfig};
-use crate::engine::{Answer, Engine, EngineError, LiveStore};
+use super::ServerConfig;
+use crate::engine::{Answer, Engine, EngineError};
 
-/// The engine behind its queue, the live store behind the engine (if any), and the private store copy of a
-/// read-only replica.
+/// The engine behind its queue, and the private store copy of a read-only replica.
 pub struct LocateService {
     batcher: Batcher<Answer, EngineError>,
     engine: Arc<Engine>,
-    live: Option<Arc<LiveStore>>,
+    writer: Option<super::writes::Writer>,
     read_only: bool,
     retry_after_s: u64,
     timeout: Duration,
@@ -32,14 +31,14 @@ pub struct LocateService {
 }
 
 impl LocateService {
-    /// Starts the batcher thread in front of the opened engine.
+    /// Starts the batcher thread in front of `engine`.
     pub fn start(
-        opened: OpenedEngine,
+        engine: Arc<Engine>,
+        writer: Option<super::writes::Writer>,
         replica: Option<StoreReplica>,
         config: &ServerConfig,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
-        let OpenedEngine { engine, live } = opened;
         let worker_engine = Arc::clone(&engine);
         let batcher = Batcher::spawn(config.batcher(), metrics, move |texts: &[&str]| {
             worker_engine.locate(texts)
@@ -47,7 +46,7 @@ impl LocateService {
         Ok(Self {
             batcher,
             engine,
-            live,
+            writer,
             read_only: config.read_only,
             retry_after_s: config.retry_after_s,
             timeout: Duration::from_millis(config.request_timeout_ms),
@@ -60,9 +59,17 @@ impl LocateService {
         &self.engine
     }
 
-    /// The generational store behind the engine, when the served store is one.
-    pub fn live(&self) -> Option<&LiveStore> {
-        self.live.as_deref()
+    /// The write side, or why there is none (a read-only replica, or a store without a label log).
+    pub fn writer(&self) -> Result<&super::writes::Writer, ApiError> {
+        self.writer.as_ref().ok_or_else(|| ApiError::WritesUnavailable {
+            reason: if self.read_only {
+                "this server is a read-only replica: send writes to the server that owns the store".into()
+            } else {
+                "the served store is a plain index without a label log; build a store with \
+                 `contrastgeo index build` to add cities and examples"
+                    .into()
+            },
+        })
     }
 
     /// Whether this is a read-only replica.
