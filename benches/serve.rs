@@ -5,7 +5,8 @@
 //! `cargo bench --bench serve`. Environment:
 //! - `CONTRASTGEO_BENCH_STORE`: the store to serve (default: a store built here from the 20 fixture cities
 //!   with 5 support posts each, with the base model);
-//! - `CONTRASTGEO_BENCH_CHECKPOINT`: the checkpoint the store was built with (default: the base model);
+//! - `CONTRASTGEO_BENCH_CHECKPOINT`: the checkpoint a plain store was built with (default: the base model; a
+//!   store written by `contrastgeo index build` carries its own model);
 //! - `CONTRASTGEO_BENCH_POSTS`: the posts to send, JSONL with `text` (default: the fixture posts not in the
 //!   fixture store);
 //! - `CONTRASTGEO_BENCH_SECONDS`: duration of each concurrency level (default 10);
@@ -22,7 +23,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use contrastgeo::data::read_labelled_posts;
-use contrastgeo::engine::{Engine, EngineConfig};
+use contrastgeo::engine::{Engine, EngineConfig, LiveStore};
 use contrastgeo::geo::CityTable;
 use contrastgeo::model::{GeoModel, GeoModelConfig, ModelFiles};
 use contrastgeo::server::{self, ServerConfig, Signals, StoreSource};
@@ -53,6 +54,16 @@ fn load_model() -> Arc<GeoModel> {
         .expect("load the base model"),
     };
     Arc::new(model)
+}
+
+/// Opens a store as `contrastgeo serve` does: a generational store (written by `contrastgeo index build`) with
+/// its own model, a plain one (written by `Engine::build_index`) with `model`.
+fn open_any(dir: &Path, model: Arc<GeoModel>, config: EngineConfig) -> Arc<Engine> {
+    if LiveStore::exists(dir) {
+        let live = LiveStore::open(dir, &candle_core::Device::Cpu, config).expect("open the store");
+        return live.shared_engine();
+    }
+    Arc::new(Engine::open(dir, model, config).expect("open the store"))
 }
 
 /// The fixture store (20 cities, the first 5 posts of each as support) and the other fixture posts.
@@ -177,15 +188,17 @@ fn load(base: &str, posts: &Arc<Vec<String>>, clients: usize, seconds: f64) -> L
     }
 }
 
-/// Bulk `Engine::locate` over `posts` in chunks of `chunk` posts, repeated for at least `seconds`.
+/// Bulk `Engine::locate` over `posts` in chunks of `chunk` posts for about `seconds`; posts/s.
 fn bulk(engine: &Engine, posts: &[String], chunk: usize, seconds: f64) -> f64 {
     let texts: Vec<&str> = posts.iter().map(String::as_str).collect();
     let started = Instant::now();
     let mut located = 0usize;
-    while started.elapsed().as_secs_f64() < seconds {
-        for chunk in texts.chunks(chunk) {
-            engine.locate(chunk).expect("bulk locate");
-            located += chunk.len();
+    // Round after round over the posts, stopping at the first chunk boundary past `seconds`.
+    for chunk in texts.chunks(chunk).cycle() {
+        engine.locate(chunk).expect("bulk locate");
+        located += chunk.len();
+        if started.elapsed().as_secs_f64() >= seconds {
+            break;
         }
     }
     located as f64 / started.elapsed().as_secs_f64()
@@ -233,12 +246,11 @@ fn main() {
         ..ServerConfig::default()
     };
     let config_wait = config.max_batch_wait_ms;
-    let source_model = Arc::clone(&model);
-    let source_store = store.clone();
+    let (serving_model, serving_store) = (Arc::clone(&model), store.clone());
     let loader: server::Loader = Box::new(move || {
         Ok(StoreSource {
-            model: source_model,
-            store: source_store,
+            model: serving_model,
+            store: serving_store,
         })
     });
     let running = server::start(config, loader, Signals::Ignore).expect("start the server");
@@ -276,7 +288,7 @@ fn main() {
         );
         measured.push((clients, rate));
     }
-    let engine = Engine::open(&store, model, EngineConfig::default()).expect("open the store");
+    let engine = open_any(&store, model, EngineConfig::default());
     let chunk = env_or("CONTRASTGEO_BENCH_BULK_CHUNK", 256usize).max(1);
     let bulk_rate = bulk(&engine, &posts, chunk, seconds);
     println!("bulk Engine::locate (chunks of {chunk}): {bulk_rate:.1} posts/s");

@@ -17,7 +17,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use contrastgeo::data::{read_labelled_posts, LabelledPost};
-use contrastgeo::engine::{Engine, EngineConfig};
+use contrastgeo::engine::{Engine, EngineConfig, LiveStore};
 use contrastgeo::geo::CityTable;
 use contrastgeo::model::{GeoModel, GeoModelConfig};
 use contrastgeo::server::api::LocatedPost;
@@ -64,7 +64,12 @@ struct Store {
 fn store() -> &'static Store {
     static STORE: OnceLock<Store> = OnceLock::new();
     STORE.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
+        // Under the target directory: the store lives as long as the test binary (statics are never
+        // dropped), and `cargo clean` removes what a run leaves.
+        let tmp = tempfile::Builder::new()
+            .prefix("server-tests-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
         let dir = tmp.path().join("store");
         let cities = CityTable::read_jsonl(&fixture("engine_cities.jsonl")).unwrap();
         let posts = read_labelled_posts(&fixture("engine_posts.jsonl"))
@@ -129,7 +134,15 @@ fn test_config() -> ServerConfig {
 
 /// Starts an in-process server on the shared store; `gate` holds the loader back until it yields.
 fn start(config: ServerConfig, gate: Option<std::sync::mpsc::Receiver<()>>) -> RunningServer {
-    let store_dir = store().dir.clone();
+    start_on(config, store().dir.clone(), gate)
+}
+
+/// Starts an in-process server on the store in `store_dir`.
+fn start_on(
+    config: ServerConfig,
+    store_dir: PathBuf,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+) -> RunningServer {
     let loader: server::Loader = Box::new(move || {
         if let Some(gate) = gate {
             gate.recv()?;
@@ -150,7 +163,15 @@ fn base(server: &RunningServer) -> String {
 fn shared() -> &'static str {
     static SHARED: OnceLock<String> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let server = start(test_config(), None);
+        // It is never stopped, so it serves its own copy in place (beside the store, under the target
+        // directory) rather than a read-only replica in $TMPDIR that nothing would remove.
+        let copy = store().dir.with_file_name("shared-server-store");
+        copy_dir(&store().dir, &copy).unwrap();
+        let config = ServerConfig {
+            read_only: false,
+            ..test_config()
+        };
+        let server = start_on(config, copy, None);
         let url = base(&server);
         wait_ready(&url);
         std::mem::forget(server);
@@ -383,13 +404,12 @@ fn health_readiness_and_metrics_answer() {
     let ready = get(base, "/readyz").json();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["cities"], 20);
-    assert_eq!(ready["read_only"], true);
+    assert_eq!(ready["read_only"], false);
     assert!(ready["model"].as_str().unwrap().starts_with("base:"));
-    assert_ne!(
-        ready["store"].as_str().unwrap(),
-        store().dir.display().to_string(),
-        "a read-only server serves a copy"
-    );
+    assert!(ready["store"]
+        .as_str()
+        .unwrap()
+        .ends_with("shared-server-store"));
 
     // Generate a success, a problem and a batch, then read them back.
     assert_eq!(
@@ -1094,10 +1114,41 @@ fn sigterm_lets_in_flight_requests_finish_then_the_process_exits_0() {
     assert!(log.contains("SIGTERM"), "{log}");
 }
 
+/// A generational store (as `contrastgeo index build` writes it) of the fixture cities and their first support
+/// posts, built by the real binary in `into`.
+fn generational_store(into: &Path) -> PathBuf {
+    let support = into.join("support.jsonl");
+    let lines: Vec<String> = read_labelled_posts(&fixture("engine_posts.jsonl"))
+        .unwrap()
+        .posts
+        .iter()
+        .filter(|p| !store().queries.iter().any(|q| q.text == p.text))
+        .map(|p| json!({"text": p.text, "city_id": p.city_id}).to_string())
+        .collect();
+    std::fs::write(&support, lines.join("\n") + "\n").unwrap();
+    let dir = into.join("generational");
+    let output = Command::new(env!("CARGO_BIN_EXE_contrastgeo"))
+        .args(["index", "build", "--store"])
+        .arg(&dir)
+        .arg("--cities")
+        .arg(fixture("engine_cities.jsonl"))
+        .arg("--support")
+        .arg(&support)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    dir
+}
+
 #[test]
-fn read_only_replicas_serve_copies_of_one_store_side_by_side() {
+fn read_only_replicas_serve_copies_of_one_generational_store_side_by_side() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = store_copy(tmp.path());
+    let dir = generational_store(tmp.path());
     let args = ["--store", dir.to_str().unwrap(), "--read-only"];
     let mut first = ServerProcess::spawn(&args);
     let mut second = ServerProcess::spawn(&args);
@@ -1118,7 +1169,8 @@ fn read_only_replicas_serve_copies_of_one_store_side_by_side() {
     }
     assert_ne!(copies[0], copies[1], "each replica has its own copy");
     // The original stays unlocked: a writer can still open it.
-    drop(Engine::open(&dir, model(), EngineConfig::default()).expect("the original is not locked"));
+    let owner = LiveStore::open(&dir, &candle_core::Device::Cpu, EngineConfig::default());
+    drop(owner.expect("the original is not locked"));
     first.signal("INT");
     second.signal("TERM");
     assert_eq!(first.wait(Duration::from_secs(30)), Some(0));

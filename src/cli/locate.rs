@@ -66,9 +66,10 @@ pub struct EngineArgs {
     /// Support posts returned as evidence per answer.
     #[arg(long, default_value_t = EngineConfig::default().evidence)]
     pub evidence: usize,
-    /// Weight of the population prior (added to a city's similarity: weight * ln(1 + population)); 0 = off.
-    #[arg(long, env = "CONTRASTGEO_POPULATION_PRIOR", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().population_prior)]
-    pub population_prior: f32,
+    /// Weight of the population prior (added to a city's similarity: weight * ln(1 + population)) [default:
+    /// 0.03 on the zero-shot world store, 0 on a store of your own].
+    #[arg(long, env = "CONTRASTGEO_POPULATION_PRIOR", value_parser = flags::non_negative_f32)]
+    pub population_prior: Option<f32>,
 }
 
 impl EngineArgs {
@@ -81,8 +82,19 @@ impl EngineArgs {
             ef_search: self.ef_search,
             rerank_batch: self.rerank_batch,
             evidence: self.evidence,
-            population_prior: self.population_prior,
+            population_prior: self.population_prior.unwrap_or(0.0),
         }
+    }
+
+    /// [`EngineArgs::config`] for the store in `store`: the world default store (no store given) gets the
+    /// population prior tuned for it unless the flag says otherwise. A store of labelled cities does not:
+    /// its support posts carry the evidence a prior would drown.
+    pub fn config_for(&self, store: Option<&std::path::Path>) -> EngineConfig {
+        let mut config = self.config();
+        if store.is_none() && self.population_prior.is_none() {
+            config.population_prior = crate::engine::WORLD_POPULATION_PRIOR;
+        }
+        config
     }
 }
 
@@ -226,7 +238,7 @@ impl AnswerWriter {
 
 /// Runs the command; returns how many input lines were rejected.
 pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
-    let config = args.engine.config();
+    let config = args.engine.config_for(args.store.as_deref());
     config.validate()?;
     tracing::info!(?config, shard = ?args.shard, "locating");
     let store = open_store(args.store.as_deref(), &args.model, config)?;

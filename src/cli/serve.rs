@@ -98,7 +98,7 @@ impl ServeArgs {
             request_timeout_ms: self.request_timeout_ms,
             retry_after_s: self.retry_after_s,
             shutdown_timeout_s: self.shutdown_timeout_s,
-            engine: self.engine.config(),
+            engine: self.engine.config_for(self.store.as_deref()),
             retrain_threads: self.retrain_threads,
             retrain_after_labels: self.retrain_after_labels,
             retrain_quiet_s: self.retrain_quiet_s,
