@@ -90,3 +90,16 @@ else
     cities15000.json countries.json us_states.json
   say "gazetteer (GeoNames, CC BY 4.0) ready in $GAZ_DIR"
 fi
+
+# The page test (tests/page.rs) drives headless Chromium: Debian's chromium and chromium-driver, installed
+# here when missing and apt-get is at hand (as root or through sudo); elsewhere install them yourself.
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+  say "chromium and chromedriver found"
+elif command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null; }; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  say "installing chromium and chromium-driver (for the page test) with apt-get"
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+    || say "warning: could not install chromium; tests/page.rs will say how to install it"
+else
+  say "warning: chromium/chromedriver not found and no apt-get; tests/page.rs needs them (Debian: apt-get install chromium chromium-driver)"
+fi
