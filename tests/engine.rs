@@ -15,17 +15,7 @@ use contrastgeo_index::SupportPost;
 
 /// The base model (zero-shot, untrained head) on the CPU, shared by the tests.
 fn model() -> Arc<GeoModel> {
-    static MODEL: OnceLock<Arc<GeoModel>> = OnceLock::new();
-    Arc::clone(MODEL.get_or_init(|| {
-        Arc::new(
-            GeoModel::from_base(
-                &common::model_files(),
-                GeoModelConfig::default(),
-                &candle_core::Device::Cpu,
-            )
-            .expect("load the base model"),
-        )
-    }))
+    common::base_model()
 }
 
 fn cities() -> &'static CityTable {

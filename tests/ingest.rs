@@ -14,37 +14,12 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use contrastgeo::engine::{EngineConfig, LiveStore, RetrainOptions};
 use contrastgeo::geo::City;
-use contrastgeo::model::{GeoModel, GeoModelConfig};
 use contrastgeo::train::TrainConfig;
 use contrastgeo_index::PostLabel;
 
 /// The fixture cities without Nashville (held out, to be ingested), with two support posts each.
 fn build_store(dir: &Path) {
-    let model = GeoModel::from_base(
-        &common::model_files(),
-        GeoModelConfig::default(),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let cities: Vec<City> = common::fixture_cities()
-        .cities()
-        .iter()
-        .filter(|c| c.name != "Nashville")
-        .cloned()
-        .collect();
-    let support: Vec<_> = common::fixture_support(2)
-        .into_iter()
-        .filter(|p| cities.iter().any(|c| c.id == p.city))
-        .collect();
-    LiveStore::create(
-        dir,
-        &model,
-        &cities,
-        &support,
-        &EngineConfig::default(),
-        &|_| {},
-    )
-    .unwrap();
+    common::fixture_live_store(dir, "Nashville", 2);
 }
 
 fn nashville() -> City {

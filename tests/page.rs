@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use contrastgeo::engine::{EngineConfig, LiveStore};
-use contrastgeo::model::{GeoModel, GeoModelConfig};
+use contrastgeo::model::GeoModel;
 use contrastgeo::server::{self, RunningServer, ServerConfig, Signals, StoreSource};
 use serde_json::{json, Value};
 
@@ -110,17 +110,7 @@ impl Drop for TestServer {
 
 /// The base model, loaded once per test binary.
 fn model() -> Arc<GeoModel> {
-    static MODEL: OnceLock<Arc<GeoModel>> = OnceLock::new();
-    Arc::clone(MODEL.get_or_init(|| {
-        Arc::new(
-            GeoModel::from_base(
-                &common::model_files(),
-                GeoModelConfig::default(),
-                &candle_core::Device::Cpu,
-            )
-            .expect("load the base model"),
-        )
-    }))
+    common::base_model()
 }
 
 /// The server the read-only tests share (never stopped; it dies with the test binary). The test that writes

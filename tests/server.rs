@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use contrastgeo::data::{read_labelled_posts, LabelledPost};
 use contrastgeo::engine::{Engine, EngineConfig, LiveStore};
 use contrastgeo::geo::CityTable;
-use contrastgeo::model::{GeoModel, GeoModelConfig};
+use contrastgeo::model::GeoModel;
 use contrastgeo::server::api::LocatedPost;
 use contrastgeo::server::replica::copy_dir;
 use contrastgeo::server::{self, RunningServer, ServerConfig, Signals, StoreSource};
@@ -31,17 +31,7 @@ const SUPPORT_PER_CITY: usize = 5;
 
 /// The base model (zero-shot, untrained head) on the CPU, shared by the tests.
 fn model() -> Arc<GeoModel> {
-    static MODEL: OnceLock<Arc<GeoModel>> = OnceLock::new();
-    Arc::clone(MODEL.get_or_init(|| {
-        Arc::new(
-            GeoModel::from_base(
-                &common::model_files(),
-                GeoModelConfig::default(),
-                &candle_core::Device::Cpu,
-            )
-            .expect("load the base model"),
-        )
-    }))
+    common::base_model()
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -5,13 +5,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
-use contrastgeo::engine::{EngineConfig, LiveStore};
-use contrastgeo::geo::City;
-use contrastgeo::model::{GeoModel, GeoModelConfig};
 use contrastgeo::server::{self, RunningServer, ServerConfig, Signals, StoreSource};
 use serde_json::{json, Value};
 
@@ -32,33 +27,8 @@ impl Server {
 fn start() -> Server {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
-    let model = Arc::new(
-        GeoModel::from_base(
-            &common::model_files(),
-            GeoModelConfig::default(),
-            &Device::Cpu,
-        )
-        .unwrap(),
-    );
-    let cities: Vec<City> = common::fixture_cities()
-        .cities()
-        .iter()
-        .filter(|c| c.name != "Nashville")
-        .cloned()
-        .collect();
-    let support: Vec<_> = common::fixture_support(3)
-        .into_iter()
-        .filter(|p| cities.iter().any(|c| c.id == p.city))
-        .collect();
-    LiveStore::create(
-        &dir,
-        &model,
-        &cities,
-        &support,
-        &EngineConfig::default(),
-        &|_| {},
-    )
-    .unwrap();
+    common::fixture_live_store(&dir, "Nashville", 3);
+    let model = common::base_model();
     let key_file = tmp.path().join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
     let config = ServerConfig {

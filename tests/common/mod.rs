@@ -25,6 +25,45 @@ pub fn encoder() -> &'static TextEncoder {
     })
 }
 
+/// The base model (zero-shot, untrained head) on the CPU, loaded once per test binary.
+pub fn base_model() -> std::sync::Arc<contrastgeo::model::GeoModel> {
+    static MODEL: OnceLock<std::sync::Arc<contrastgeo::model::GeoModel>> = OnceLock::new();
+    std::sync::Arc::clone(MODEL.get_or_init(|| {
+        std::sync::Arc::new(
+            contrastgeo::model::GeoModel::from_base(
+                &model_files(),
+                contrastgeo::model::GeoModelConfig::default(),
+                &candle_core::Device::Cpu,
+            )
+            .expect("load the base model"),
+        )
+    }))
+}
+
+/// Writes a store with generations to `dir`: the fixture cities except `without`, each with its first
+/// `support_per_city` fixture posts, and the base model.
+pub fn fixture_live_store(dir: &std::path::Path, without: &str, support_per_city: usize) {
+    let cities: Vec<contrastgeo::geo::City> = fixture_cities()
+        .cities()
+        .iter()
+        .filter(|c| c.name != without)
+        .cloned()
+        .collect();
+    let support: Vec<_> = fixture_support(support_per_city)
+        .into_iter()
+        .filter(|p| cities.iter().any(|c| c.id == p.city))
+        .collect();
+    contrastgeo::engine::LiveStore::create(
+        dir,
+        &base_model(),
+        &cities,
+        &support,
+        &contrastgeo::engine::EngineConfig::default(),
+        &|_| {},
+    )
+    .expect("build the fixture store");
+}
+
 /// A fresh CPU encoder (for tests that change weights).
 pub fn fresh_encoder(settings: EncoderSettings) -> TextEncoder {
     TextEncoder::load(&model_files(), settings, &candle_core::Device::Cpu).expect("load encoder")
