@@ -110,6 +110,85 @@ fn a_post_embedded_in_a_bucketed_batch_equals_the_post_alone() {
     }
 }
 
+fn min_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>())
+        .fold(f32::INFINITY, f32::min)
+}
+
+fn fixture_texts() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/posts.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["text"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_cpu_inference_pass_matches_the_candle_path() {
+    let mut texts: Vec<String> = SENTENCES.iter().map(|s| s.to_string()).collect();
+    texts.extend(fixture_texts());
+    // A post longer than max_length (truncated) and one of a single word.
+    texts.push("the river walk at night ".repeat(60));
+    texts.push("y'all".into());
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for pooling in [Pooling::Mean, Pooling::Cls] {
+        // Small batches so that several buckets run in parallel; one big batch runs gemm split.
+        for batch_size in [3, 64] {
+            let encoder = common::fresh_encoder(EncoderSettings {
+                pooling,
+                batch_size,
+                ..Default::default()
+            });
+            let fast = encoder.embed(&refs).unwrap();
+            let reference = encoder.embed_reference(&refs).unwrap();
+            let worst = fast
+                .iter()
+                .zip(&reference)
+                .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{pooling:?}, batch {batch_size}: max difference {worst}"
+            );
+            assert!(min_cosine(&fast, &reference) > 0.99999);
+        }
+    }
+}
+
+#[test]
+fn the_cpu_inference_pass_sees_optimiser_updates() {
+    let encoder = common::fresh_encoder(EncoderSettings::default());
+    let before = encoder.embed(&SENTENCES).unwrap();
+    let mode = ForwardMode::Train { dropout_scale: 0.0 };
+    let a = encoder.embed_texts(&SENTENCES[..2], mode).unwrap();
+    let b = encoder.embed_texts(&SENTENCES[2..], mode).unwrap();
+    let loss = a.matmul(&b.t().unwrap()).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let mut opt = AdamW::new(
+        encoder.vars().all_vars(),
+        ParamsAdamW {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    opt.step(&grads).unwrap();
+    let after = encoder.embed(&SENTENCES).unwrap();
+    let reference = encoder.embed_reference(&SENTENCES).unwrap();
+    assert!(
+        min_cosine(&before, &after) < 0.9999,
+        "the step did not reach inference"
+    );
+    assert!(min_cosine(&after, &reference) > 0.99999);
+}
+
 #[test]
 fn paraphrases_score_higher_than_unrelated_posts() {
     let encoder = common::encoder();

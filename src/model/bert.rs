@@ -42,9 +42,9 @@ impl ForwardMode {
 /// Layer normalisation over the last dimension, with a differentiable path for training.
 #[derive(Debug, Clone)]
 pub struct TrainableLayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
 }
 
 impl TrainableLayerNorm {
@@ -80,8 +80,8 @@ impl TrainableLayerNorm {
 /// A dense layer `x W^T + b` that flattens leading dimensions into one matrix product.
 #[derive(Debug, Clone)]
 pub struct Dense {
-    weight: Tensor,
-    bias: Tensor,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
 }
 
 impl Dense {
@@ -116,11 +116,11 @@ impl Module for Dense {
     }
 }
 
-struct Embeddings {
-    word: candle_nn::Embedding,
-    position: candle_nn::Embedding,
-    token_type: candle_nn::Embedding,
-    layer_norm: TrainableLayerNorm,
+pub(crate) struct Embeddings {
+    pub(crate) word: candle_nn::Embedding,
+    pub(crate) position: candle_nn::Embedding,
+    pub(crate) token_type: candle_nn::Embedding,
+    pub(crate) layer_norm: TrainableLayerNorm,
     dropout: f64,
 }
 
@@ -162,12 +162,12 @@ impl Embeddings {
     }
 }
 
-struct SelfAttention {
-    query: Dense,
-    key: Dense,
-    value: Dense,
-    output: Dense,
-    output_norm: TrainableLayerNorm,
+pub(crate) struct SelfAttention {
+    pub(crate) query: Dense,
+    pub(crate) key: Dense,
+    pub(crate) value: Dense,
+    pub(crate) output: Dense,
+    pub(crate) output_norm: TrainableLayerNorm,
     heads: usize,
     head_size: usize,
     attention_dropout: f64,
@@ -230,12 +230,12 @@ impl SelfAttention {
     }
 }
 
-struct Layer {
-    attention: SelfAttention,
-    intermediate: Dense,
-    output: Dense,
-    output_norm: TrainableLayerNorm,
-    activation: HiddenAct,
+pub(crate) struct Layer {
+    pub(crate) attention: SelfAttention,
+    pub(crate) intermediate: Dense,
+    pub(crate) output: Dense,
+    pub(crate) output_norm: TrainableLayerNorm,
+    pub(crate) activation: HiddenAct,
     hidden_dropout: f64,
 }
 
@@ -284,8 +284,8 @@ impl Layer {
 
 /// The BERT encoder stack: embeddings and transformer layers, producing one hidden state per token.
 pub struct BertEncoder {
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
+    pub(crate) embeddings: Embeddings,
+    pub(crate) layers: Vec<Layer>,
     config: BertConfig,
 }
 

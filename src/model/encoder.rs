@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bert::{BertEncoder, ForwardMode};
 use super::config::BertConfig;
+use super::cpu_forward;
 use super::error::{ModelError, Result};
 use super::files::ModelFiles;
 use super::pooling::{l2_normalize, to_rows, Pooling};
@@ -166,17 +167,53 @@ impl TextEncoder {
     }
 
     /// Unit-length embeddings of `texts` for inference, in input order. Texts are bucketed by length into
-    /// batches of `batch_size`; batches run in parallel on the rayon pool.
+    /// batches of `batch_size` (and at most `max_batch_tokens` padded tokens). On the CPU the batches run
+    /// through [`super::cpu_forward`] (no padding, one batch per core); on other devices through the candle
+    /// path of [`TextEncoder::embed_reference`].
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if !self.device.is_cpu() {
+            return self.embed_reference(texts);
+        }
         let ids = self.tokenizer.tokenize(texts)?;
-        let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
-        let buckets = length_buckets(
-            &lengths,
-            self.settings.batch_size,
-            self.settings.max_batch_tokens,
-        );
+        let buckets = self.buckets(&ids);
+        let pooling = self.settings.pooling;
+        let threads = rayon::current_num_threads();
+        let embedded: Vec<(Vec<usize>, Vec<Vec<f32>>)> = if buckets.len() == 1 || threads == 1 {
+            // One batch: split its matrix products over the cores instead.
+            buckets
+                .into_iter()
+                .map(|bucket| {
+                    let refs: Vec<&[u32]> = bucket.iter().map(|&i| ids[i].as_slice()).collect();
+                    let rows = cpu_forward::embed_sequences(
+                        &self.bert_untracked,
+                        &refs,
+                        pooling,
+                        threads,
+                    )?;
+                    Ok((bucket, rows))
+                })
+                .collect::<Result<_>>()?
+        } else {
+            buckets
+                .into_par_iter()
+                .map(|bucket| {
+                    let refs: Vec<&[u32]> = bucket.iter().map(|&i| ids[i].as_slice()).collect();
+                    let rows =
+                        cpu_forward::embed_sequences(&self.bert_untracked, &refs, pooling, 1)?;
+                    Ok((bucket, rows))
+                })
+                .collect::<Result<_>>()?
+        };
+        Ok(scatter(embedded, texts.len()))
+    }
+
+    /// The same embeddings as [`TextEncoder::embed`] through candle ops on padded batches (the path every
+    /// device supports): the reference the CPU fast path is tested against, and the path used on GPUs.
+    pub fn embed_reference(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let ids = self.tokenizer.tokenize(texts)?;
+        let buckets = self.buckets(&ids);
         let embedded: Vec<(Vec<usize>, Vec<Vec<f32>>)> = buckets
-            .into_par_iter()
+            .into_iter()
             .map(|bucket| {
                 let refs: Vec<&[u32]> = bucket.iter().map(|&i| ids[i].as_slice()).collect();
                 let batch = self.tokenizer.batch(&refs, &self.device)?;
@@ -184,13 +221,16 @@ impl TextEncoder {
                 Ok((bucket, rows))
             })
             .collect::<Result<_>>()?;
-        let mut out = vec![Vec::new(); texts.len()];
-        for (bucket, rows) in embedded {
-            for (index, row) in bucket.into_iter().zip(rows) {
-                out[index] = row;
-            }
-        }
-        Ok(out)
+        Ok(scatter(embedded, texts.len()))
+    }
+
+    fn buckets(&self, ids: &[Vec<u32>]) -> Vec<Vec<usize>> {
+        let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
+        length_buckets(
+            &lengths,
+            self.settings.batch_size,
+            self.settings.max_batch_tokens,
+        )
     }
 
     /// Replaces the weights with those of a checkpoint file written by [`TextEncoder::save_weights`].
@@ -202,6 +242,17 @@ impl TextEncoder {
     pub fn save_weights(&self, path: &Path) -> Result<()> {
         Ok(self.vars.save(path)?)
     }
+}
+
+/// Puts each bucket's rows back at their texts' positions.
+fn scatter(embedded: Vec<(Vec<usize>, Vec<Vec<f32>>)>, count: usize) -> Vec<Vec<f32>> {
+    let mut out = vec![Vec::new(); count];
+    for (bucket, rows) in embedded {
+        for (index, row) in bucket.into_iter().zip(rows) {
+            out[index] = row;
+        }
+    }
+    out
 }
 
 /// Parses a `config.json`.

@@ -5,6 +5,7 @@
 
 pub mod bert;
 pub mod config;
+mod cpu_forward;
 pub mod device;
 pub mod encoder;
 pub mod error;
