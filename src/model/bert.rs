@@ -303,6 +303,39 @@ impl BertEncoder {
         })
     }
 
+    /// The names of every weight [`BertEncoder::new`] asks its `VarBuilder` for (Hugging Face names,
+    /// without a checkpoint prefix). A loader can put these in a `VarMap` first, so that building the
+    /// encoder does not draw random initial values only to overwrite them.
+    pub fn parameter_names(config: &BertConfig) -> Vec<String> {
+        let mut names: Vec<String> = [
+            "word_embeddings.weight",
+            "position_embeddings.weight",
+            "token_type_embeddings.weight",
+            "LayerNorm.weight",
+            "LayerNorm.bias",
+        ]
+        .iter()
+        .map(|n| format!("embeddings.{n}"))
+        .collect();
+        for index in 0..config.num_hidden_layers {
+            for module in [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ] {
+                for tensor in ["weight", "bias"] {
+                    names.push(format!("encoder.layer.{index}.{module}.{tensor}"));
+                }
+            }
+        }
+        names
+    }
+
     /// The architecture this encoder was built with.
     pub fn config(&self) -> &BertConfig {
         &self.config
@@ -337,4 +370,35 @@ fn attention_mask_bias(attention_mask: &Tensor, dtype: DType) -> candle_core::Re
 /// Builds a fresh variable map on `device` (used by tests and the loader).
 pub fn new_var_builder(varmap: &candle_nn::VarMap, device: &Device) -> VarBuilder<'static> {
     VarBuilder::from_varmap(varmap, DType::F32, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::HiddenAct;
+
+    #[test]
+    fn parameter_names_are_exactly_the_weights_the_encoder_creates() {
+        let config = BertConfig {
+            vocab_size: 10,
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            hidden_act: HiddenAct::Gelu,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 12,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            model_type: None,
+        };
+        let vars = candle_nn::VarMap::new();
+        BertEncoder::new(&config, new_var_builder(&vars, &Device::Cpu)).unwrap();
+        let mut created: Vec<String> = vars.data().lock().unwrap().keys().cloned().collect();
+        created.sort();
+        let mut listed = BertEncoder::parameter_names(&config);
+        listed.sort();
+        assert_eq!(created, listed);
+    }
 }

@@ -555,13 +555,29 @@ unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
 fn layer_norm_rows(rows: &mut [f32], norm: NormSlices) {
     let width = norm.weight.len();
     for row in rows.chunks_exact_mut(width) {
-        let mean = row.iter().sum::<f32>() / width as f32;
-        let variance = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / width as f32;
+        let mean = sum_lanes(row, |x| x) / width as f32;
+        let variance = sum_lanes(row, |x| (x - mean) * (x - mean)) / width as f32;
         let inv = 1.0 / (variance + norm.eps).sqrt();
         for ((x, g), b) in row.iter_mut().zip(norm.weight).zip(norm.bias) {
             *x = (*x - mean) * inv * g + b;
         }
     }
+}
+
+/// `sum f(x)` with 16 independent partial sums, so the loop vectorises (a single running float sum must
+/// keep its order and stays scalar).
+#[inline(always)]
+fn sum_lanes(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    const LANES: usize = 16;
+    let mut partial = [0f32; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (p, &x) in partial.iter_mut().zip(chunk) {
+            *p += f(x);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    partial.iter().sum::<f32>() + tail
 }
 
 /// The activation of the feed-forward block, in place.
@@ -580,12 +596,8 @@ fn softmax_in_place(row: &mut [f32]) {
     let max = row
         .iter()
         .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        *x = exp_approx(*x - max);
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x = exp_approx(*x - max));
+    let inv = 1.0 / sum_lanes(row, |x| x);
     row.iter_mut().for_each(|x| *x *= inv);
 }
 

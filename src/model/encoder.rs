@@ -297,9 +297,24 @@ fn build_bert(
             vb.pp(prefix.trim_end_matches('.'))
         }
     };
+    // Put the checkpoint's tensors in the map first: building the encoder then finds every variable
+    // instead of drawing random initial values for 22M weights only to overwrite them.
+    {
+        let mut data = vars
+            .data()
+            .lock()
+            .map_err(|_| bad("variable map poisoned".into()))?;
+        for name in BertEncoder::parameter_names(config) {
+            let name = format!("{prefix}{name}");
+            let tensor = file
+                .load(&name, device)
+                .map_err(|e| bad(format!("tensor {name}: {e}")))?
+                .to_dtype(DType::F32)?;
+            data.insert(name, candle_core::Var::from_tensor(&tensor)?);
+        }
+    }
     let root = candle_nn::VarBuilder::from_varmap(vars, DType::F32, device);
     let bert = BertEncoder::new(config, under_prefix(root)).map_err(|e| bad(e.to_string()))?;
-    fill_vars(vars, weights, device)?;
     let detached: HashMap<String, Tensor> = {
         let data = vars
             .data()
