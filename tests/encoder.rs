@@ -9,7 +9,7 @@ use candle_transformers::models::bert::{BertModel, Config as ReferenceConfig};
 use contrastgeo::model::encoder::read_config;
 use contrastgeo::model::pooling::{l2_normalize, Pooling};
 use contrastgeo::model::tokenize::MAX_TEXT_BYTES;
-use contrastgeo::model::{EncoderSettings, ForwardMode, ModelError};
+use contrastgeo::model::{EncoderSettings, ForwardMode, InferenceDType, ModelError};
 
 const SENTENCES: [&str; 4] = [
     "Traffic on I-35 is terrible again this morning",
@@ -187,6 +187,23 @@ fn the_cpu_inference_pass_sees_optimiser_updates() {
         "the step did not reach inference"
     );
     assert!(min_cosine(&after, &reference) > 0.99999);
+}
+
+#[test]
+fn half_precision_inference_stays_close_to_f32() {
+    // The GPU path in half precision, exercised on the CPU (candle has CPU kernels for every op it uses).
+    let texts = fixture_texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let reference = common::encoder().embed_reference(&refs).unwrap();
+    for (dtype, floor) in [(InferenceDType::F16, 0.999), (InferenceDType::Bf16, 0.99)] {
+        let encoder = common::fresh_encoder(EncoderSettings {
+            dtype,
+            ..Default::default()
+        });
+        let half = encoder.embed_reference(&refs).unwrap();
+        let worst = min_cosine(&half, &reference);
+        assert!(worst > floor, "{dtype:?}: min cosine {worst}");
+    }
 }
 
 #[test]

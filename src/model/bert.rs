@@ -359,11 +359,16 @@ impl BertEncoder {
     }
 }
 
-/// `[B, T]` 0/1 mask -> `[B, 1, 1, T]` additive bias: 0 for real tokens, a large negative for padding.
+/// `[B, T]` 0/1 mask -> `[B, 1, 1, T]` additive bias: 0 for real tokens, a large negative for padding
+/// (-1e9 in f32; -1e4 in half precision, whose range ends at 65,504 and where 0 x inf would be NaN).
 fn attention_mask_bias(attention_mask: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
     let (batch, seq_len) = attention_mask.dims2()?;
-    let mask = attention_mask.to_dtype(dtype)?;
-    let bias = ((mask - 1.0)? * 1e9)?;
+    let big = match dtype {
+        DType::F16 | DType::BF16 => 1e4,
+        _ => 1e9,
+    };
+    let mask = attention_mask.to_dtype(DType::F32)?;
+    let bias = ((mask - 1.0)? * big)?.to_dtype(dtype)?;
     bias.reshape((batch, 1, 1, seq_len))
 }
 

@@ -19,7 +19,7 @@ pub mod tokenize;
 pub use bert::{BertEncoder, ForwardMode};
 pub use config::BertConfig;
 pub use device::DeviceChoice;
-pub use encoder::{EncodedTexts, EncoderSettings, TextEncoder};
+pub use encoder::{EncodedTexts, EncoderSettings, InferenceDType, InferenceOptions, TextEncoder};
 pub use error::{ModelError, Result};
 pub use files::ModelFiles;
 pub use fusion::{Fusion, TlmHead};
