@@ -94,7 +94,7 @@ CUDARC_SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$(
 )" | head -1)
 [ -d "$CUDARC_SRC/src/driver/sys" ] || die "cudarc sources not found under the cargo registry"
 STUB_C="$TOOLKIT/stubs/libcuda_stub.c"
-grep -rhoE 'pub fn cu[A-Za-z0-9_]+' "$CUDARC_SRC/src/driver/sys" | sed 's/pub fn //' | sort -u \
+grep -rhoE 'fn cu[A-Za-z0-9_]+' "$CUDARC_SRC/src/driver/sys" | sed 's/^fn //' | sort -u \
   | awk '{ print "void " $1 "(void) {}" }' >"$STUB_C"
 cc -shared -fPIC -o "$TOOLKIT/stubs/libcuda.so" -Wl,-soname,libcuda.so.1 "$STUB_C"
 say "libcuda stub: $(wc -l <"$STUB_C") symbols (link time only)"

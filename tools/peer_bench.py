@@ -9,13 +9,14 @@ Run through tools/peer_bench.sh (which makes the virtual environment). What it d
 2. tokenizes with the model's tokenizer.json, no padding, truncation at 128 (as contrastgeo does), sorts the
    posts by length and pads each batch of 32 to its longest post (the best case for a padded runtime);
 3. runs, interleaved for --rounds rounds in a rotating order: ORT on each graph with intra-op threads = 2,
-   spinning on and off, and the real `contrastgeo embed` binary (posts on stdin, output to /dev/null);
+   spinning on and off, the real `contrastgeo embed` binary (posts on stdin, output to /dev/null), and
+   examples/encode_rate (the same `TextEncoder::embed` timed in process, model load excluded);
 4. prints posts/s per round, the medians and the ratios contrastgeo / ORT (each configuration and the best),
    and the cosine agreement of contrastgeo's embeddings with ORT's (min over the posts; exit 1 under 0.9999).
 
-ORT is timed from tokenization to pooled unit vectors (its session is made once, outside the timing);
-contrastgeo is timed as a whole process (start-up and model load, tokenization, JSON output included), so the
-ratio is conservative for contrastgeo.
+ORT is timed from tokenization to pooled unit vectors (its session is made once, outside the timing).
+`contrastgeo` is timed as a whole process (start-up and model load, tokenization, JSON output included: a
+conservative ratio); `contrastgeo_in_process` like ORT, from tokenization to unit vectors.
 """
 
 import argparse
@@ -217,6 +218,15 @@ def contrastgeo_embed(binary, lines, output, threads):
     return time.perf_counter() - start
 
 
+def contrastgeo_in_process(binary, lines, threads):
+    """Seconds of one `TextEncoder::embed` call over the posts (examples/encode_rate.rs; load not timed)."""
+    env = dict(os.environ, RUST_LOG="warn")
+    if threads:
+        env["RAYON_NUM_THREADS"] = str(threads)
+    done = subprocess.run([binary], input="".join(lines).encode(), env=env, check=True, capture_output=True)
+    return json.loads(done.stdout)["seconds"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--posts", default="../shared/data/posts.jsonl")
@@ -225,6 +235,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--binary", default="target/release/contrastgeo")
+    parser.add_argument("--rate-binary", default="target/release/examples/encode_rate",
+                        help="in-process timing of the same encoder (model load excluded, as ORT's session)")
     parser.add_argument("--work-dir", default="target/peer-bench")
     parser.add_argument("--json", help="also write the summary here")
     args = parser.parse_args()
@@ -266,6 +278,8 @@ def main():
 
     runners = {name: ort_runner(sess) for name, sess in sessions.items()}
     runners["contrastgeo"] = lambda: contrastgeo_embed(args.binary, lines, os.devnull, args.threads)
+    if args.rate_binary and os.path.exists(args.rate_binary):
+        runners["contrastgeo_in_process"] = lambda: contrastgeo_in_process(args.rate_binary, lines, args.threads)
     names = list(runners)
     rates = {name: [] for name in names}
     for round_index in range(args.rounds):
@@ -275,9 +289,12 @@ def main():
         print(f"round {round_index}: " + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in names) + " posts/s")
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print("medians: " + ", ".join(f"{n} {medians[n]:.1f}" for n in names) + " posts/s")
-    ratios = {f"contrastgeo/{n}": medians["contrastgeo"] / medians[n] for n in sessions}
     best = max(sessions, key=lambda n: medians[n])
-    ratios["contrastgeo/best_ort"] = medians["contrastgeo"] / medians[best]
+    ratios = {}
+    for ours in [n for n in names if n.startswith("contrastgeo")]:
+        for n in sessions:
+            ratios[f"{ours}/{n}"] = medians[ours] / medians[n]
+        ratios[f"{ours}/best_ort"] = medians[ours] / medians[best]
     print(f"best ORT configuration: {best}")
     print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     print(f"cosine agreement (worst ORT configuration): min {cosines.min():.7f}")

@@ -26,6 +26,6 @@ if ! "$VENV/bin/python" -c "import onnxruntime, onnx, numpy, tokenizers, safeten
   say "installing ${PINS[*]}"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PINS[@]}"
 fi
-say "building target/release/contrastgeo"
-cargo build --release --quiet
+say "building target/release/contrastgeo and examples/encode_rate"
+cargo build --release --quiet --bin contrastgeo --example encode_rate
 exec "$VENV/bin/python" tools/peer_bench.py --binary target/release/contrastgeo "$@"
