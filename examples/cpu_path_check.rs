@@ -1,8 +1,8 @@
 //! Compares the CPU inference pass (`TextEncoder::embed`) with the candle reference path
 //! (`TextEncoder::embed_reference`) on real posts: minimum and mean cosine, and interleaved timings.
 //!
-//! Run: `cargo run --release --example cpu_path_check -- ../shared/data/posts.jsonl 1000 3`
-//! (posts file, how many posts, how many timing rounds).
+//! Run: `cargo run --release --example cpu_path_check -- ../shared/data/posts.jsonl 1000 3 32`
+//! (posts file, how many posts, how many timing rounds, batch size).
 
 use std::io::BufRead;
 use std::time::Instant;
@@ -18,6 +18,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or("../shared/data/posts.jsonl");
     let count: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let rounds: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let batch_size: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(32);
     let mut posts = Vec::with_capacity(count);
     for line in std::io::BufReader::new(std::fs::File::open(path)?).lines() {
         let value: serde_json::Value = serde_json::from_str(&line?)?;
@@ -32,7 +33,11 @@ fn main() -> anyhow::Result<()> {
     }
     let texts: Vec<&str> = posts.iter().map(String::as_str).collect();
     let files = ModelFiles::resolve(None)?;
-    let encoder = TextEncoder::load(&files, EncoderSettings::default(), &Device::Cpu)?;
+    let settings = EncoderSettings {
+        batch_size,
+        ..Default::default()
+    };
+    let encoder = TextEncoder::load(&files, settings, &Device::Cpu)?;
     let fast = encoder.embed(&texts)?;
     let reference = encoder.embed_reference(&texts)?;
     let cosines: Vec<f32> = fast

@@ -19,6 +19,11 @@ use super::files::ModelFiles;
 use super::pooling::{l2_normalize, to_rows, Pooling};
 use super::tokenize::{length_buckets, PostTokenizer, TokenBatch};
 
+/// Calls of [`TextEncoder::embed`] with at least this many tokens make transposed copies of the dense
+/// weights first (see [`cpu_forward::CpuWeights`]): measured here, the copies (about 15 ms) pay for
+/// themselves from a few hundred posts on.
+const TRANSPOSE_MIN_TOKENS: usize = 2048;
+
 /// Settings of a text encoder that are not part of the checkpoint's architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -263,18 +268,16 @@ impl TextEncoder {
         let buckets = self.buckets(&ids);
         let pooling = self.settings.pooling;
         let threads = rayon::current_num_threads();
+        let tokens: usize = ids.iter().map(Vec::len).sum();
+        let weights =
+            cpu_forward::CpuWeights::new(&self.bert_untracked, tokens >= TRANSPOSE_MIN_TOKENS)?;
         let embedded: Vec<(Vec<usize>, Vec<Vec<f32>>)> = if buckets.len() == 1 || threads == 1 {
             // One batch: split its matrix products over the cores instead.
             buckets
                 .into_iter()
                 .map(|bucket| {
                     let refs: Vec<&[u32]> = bucket.iter().map(|&i| ids[i].as_slice()).collect();
-                    let rows = cpu_forward::embed_sequences(
-                        &self.bert_untracked,
-                        &refs,
-                        pooling,
-                        threads,
-                    )?;
+                    let rows = weights.embed(&refs, pooling, threads)?;
                     Ok((bucket, rows))
                 })
                 .collect::<Result<_>>()?
@@ -283,8 +286,7 @@ impl TextEncoder {
                 .into_par_iter()
                 .map(|bucket| {
                     let refs: Vec<&[u32]> = bucket.iter().map(|&i| ids[i].as_slice()).collect();
-                    let rows =
-                        cpu_forward::embed_sequences(&self.bert_untracked, &refs, pooling, 1)?;
+                    let rows = weights.embed(&refs, pooling, 1)?;
                     Ok((bucket, rows))
                 })
                 .collect::<Result<_>>()?
