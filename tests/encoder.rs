@@ -144,7 +144,6 @@ fn the_cpu_inference_pass_matches_the_candle_path() {
     for round in 0..12 {
         many.extend(texts.iter().map(|t| format!("{t} {round}")));
     }
-    let mut texts = texts;
     texts.extend(many);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     for refs in [&refs[..few], &refs[..]] {
