@@ -1,5 +1,7 @@
 //! Encode throughput: 1,000 real posts from `../shared/data/posts.jsonl` (tweet-length texts) through the
-//! text encoder at batch 1, 32 and 128 with length bucketing, on the CPU.
+//! text encoder at batch 1, 32 and 128 with length bucketing, on the CPU: `TextEncoder::embed` (the CPU
+//! inference pass) and, at batch 32, `TextEncoder::embed_reference` (candle ops on padded batches) for
+//! comparison.
 //!
 //! Run: `cargo bench --bench encode`. Criterion reports time per 1,000 posts and posts/s (its "elem/s").
 
@@ -54,6 +56,13 @@ fn encode_throughput(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("batch", batch_size), &texts, |b, texts| {
             b.iter(|| encoder.embed(texts).expect("embed"))
         });
+        if batch_size == 32 {
+            group.bench_with_input(
+                BenchmarkId::new("candle_path_batch", batch_size),
+                &texts,
+                |b, texts| b.iter(|| encoder.embed_reference(texts).expect("embed")),
+            );
+        }
     }
     group.finish();
 }

@@ -55,6 +55,9 @@ fn out_of_range_flags_are_usage_errors_naming_the_flag() {
     refused_flag(&["eval", "--prompt-weight", "nan"], "--prompt-weight");
     refused_flag(&["eval", "--shots", "1,0"], "--shots");
     refused_flag(&["embed", "--no-such-flag"], "--no-such-flag");
+    // Half precision is a GPU option: the CPU runs f32.
+    refused_flag(&["embed", "--device", "cpu", "--dtype", "f16"], "--dtype");
+    refused_flag(&["embed", "--device", "cpu", "--dtype", "bf16"], "--dtype");
 }
 
 /// A model directory whose `config.json` is the base model's with `edit` applied, beside the real weights.

@@ -9,7 +9,7 @@ use candle_transformers::models::bert::{BertModel, Config as ReferenceConfig};
 use contrastgeo::model::encoder::read_config;
 use contrastgeo::model::pooling::{l2_normalize, Pooling};
 use contrastgeo::model::tokenize::MAX_TEXT_BYTES;
-use contrastgeo::model::{EncoderSettings, ForwardMode, ModelError};
+use contrastgeo::model::{EncoderSettings, ForwardMode, InferenceDType, ModelError};
 
 const SENTENCES: [&str; 4] = [
     "Traffic on I-35 is terrible again this morning",
@@ -107,6 +107,112 @@ fn a_post_embedded_in_a_bucketed_batch_equals_the_post_alone() {
         assert!(diff < 1e-4, "{text:?}: batch vs alone differ by {diff}");
         let norm: f32 = alone.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "embedding norm {norm}");
+    }
+}
+
+fn min_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>())
+        .fold(f32::INFINITY, f32::min)
+}
+
+fn fixture_texts() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/posts.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["text"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_cpu_inference_pass_matches_the_candle_path() {
+    let mut texts: Vec<String> = SENTENCES.iter().map(|s| s.to_string()).collect();
+    texts.extend(fixture_texts());
+    // A post longer than max_length (truncated) and one of a single word.
+    texts.push("the river walk at night ".repeat(60));
+    texts.push("y'all".into());
+    // Enough tokens (> 2,048) that `embed` also takes the transposed-weights path; the first copy alone
+    // stays under it.
+    let few = texts.len();
+    let mut many = texts.clone();
+    for round in 0..12 {
+        many.extend(texts.iter().map(|t| format!("{t} {round}")));
+    }
+    texts.extend(many);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for refs in [&refs[..few], &refs[..]] {
+        for pooling in [Pooling::Mean, Pooling::Cls] {
+            // Small batches so that several buckets run in parallel; one big batch runs gemm split.
+            for batch_size in [3, 64] {
+                let encoder = common::fresh_encoder(EncoderSettings {
+                    pooling,
+                    batch_size,
+                    ..Default::default()
+                });
+                let fast = encoder.embed(refs).unwrap();
+                let reference = encoder.embed_reference(refs).unwrap();
+                let worst = fast
+                    .iter()
+                    .zip(&reference)
+                    .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    worst < 1e-4,
+                    "{pooling:?}, batch {batch_size}: max difference {worst}"
+                );
+                assert!(min_cosine(&fast, &reference) > 0.99999);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cpu_inference_pass_sees_optimiser_updates() {
+    let encoder = common::fresh_encoder(EncoderSettings::default());
+    let before = encoder.embed(&SENTENCES).unwrap();
+    let mode = ForwardMode::Train { dropout_scale: 0.0 };
+    let a = encoder.embed_texts(&SENTENCES[..2], mode).unwrap();
+    let b = encoder.embed_texts(&SENTENCES[2..], mode).unwrap();
+    let loss = a.matmul(&b.t().unwrap()).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let mut opt = AdamW::new(
+        encoder.vars().all_vars(),
+        ParamsAdamW {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    opt.step(&grads).unwrap();
+    let after = encoder.embed(&SENTENCES).unwrap();
+    let reference = encoder.embed_reference(&SENTENCES).unwrap();
+    assert!(
+        min_cosine(&before, &after) < 0.9999,
+        "the step did not reach inference"
+    );
+    assert!(min_cosine(&after, &reference) > 0.99999);
+}
+
+#[test]
+fn half_precision_inference_stays_close_to_f32() {
+    // The GPU path in half precision, exercised on the CPU (candle has CPU kernels for every op it uses).
+    let texts = fixture_texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let reference = common::encoder().embed_reference(&refs).unwrap();
+    for (dtype, floor) in [(InferenceDType::F16, 0.999), (InferenceDType::Bf16, 0.99)] {
+        let encoder = common::fresh_encoder(EncoderSettings {
+            dtype,
+            ..Default::default()
+        });
+        let half = encoder.embed_reference(&refs).unwrap();
+        let worst = min_cosine(&half, &reference);
+        assert!(worst > floor, "{dtype:?}: min cosine {worst}");
     }
 }
 

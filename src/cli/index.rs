@@ -74,12 +74,17 @@ impl GeoModelArgs {
     pub fn load(&self) -> anyhow::Result<GeoModel> {
         let device = self.model.device.open()?;
         let model = match &self.checkpoint {
-            Some(dir) => GeoModel::load(dir, &device)
-                .with_context(|| format!("loading checkpoint {}", dir.display()))?,
+            Some(dir) => {
+                let mut model = GeoModel::load(dir, &device)
+                    .with_context(|| format!("loading checkpoint {}", dir.display()))?;
+                // Batching and precision are the machine's choice, not the checkpoint's.
+                model.set_inference_options(&self.model.inference_options(&device)?);
+                model
+            }
             None => {
                 let files = ModelFiles::resolve(self.model.model.as_deref())?;
                 let config = GeoModelConfig {
-                    encoder: self.model.settings(),
+                    encoder: self.model.settings(&device)?,
                     ..Default::default()
                 };
                 GeoModel::from_base(&files, config, &device)?

@@ -16,7 +16,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::model::{DeviceChoice, EncoderSettings, ModelFiles, Pooling, TextEncoder};
+use candle_core::Device;
+
+use crate::model::{
+    DeviceChoice, EncoderSettings, InferenceDType, InferenceOptions, ModelFiles, Pooling,
+    TextEncoder,
+};
 
 /// Exit code of a usage error: an unknown or out-of-range flag, refused before any work starts.
 pub const EXIT_USAGE: u8 = 2;
@@ -74,30 +79,55 @@ pub struct ModelArgs {
     /// Pooling of token states.
     #[arg(long, value_enum, default_value_t)]
     pub pooling: Pooling,
-    /// Posts per forward pass.
-    #[arg(long, value_parser = flags::at_least_one, default_value_t = EncoderSettings::default().batch_size)]
-    pub batch_size: usize,
-    /// Most padded tokens per forward pass (long posts get smaller batches).
-    #[arg(long, value_parser = flags::at_least_one, default_value_t = EncoderSettings::default().max_batch_tokens)]
-    pub max_batch_tokens: usize,
+    /// Posts per forward pass [default: 32 on the CPU, 256 on a GPU].
+    #[arg(long, value_parser = flags::at_least_one)]
+    pub batch_size: Option<usize>,
+    /// Most padded tokens per forward pass, so long posts get smaller batches [default: 4096 on the CPU,
+    /// 32768 on a GPU].
+    #[arg(long, value_parser = flags::at_least_one)]
+    pub max_batch_tokens: Option<usize>,
+    /// Precision of bulk inference: f16 and bf16 need a GPU (the CPU runs f32); weights and training stay
+    /// f32.
+    #[arg(long, value_enum, default_value_t)]
+    pub dtype: InferenceDType,
 }
 
 impl ModelArgs {
-    /// The encoder settings these flags describe.
-    pub fn settings(&self) -> EncoderSettings {
-        EncoderSettings {
+    /// Batching and precision on `device`: the flags given, else the device's defaults.
+    pub fn inference_options(&self, device: &Device) -> Result<InferenceOptions, UsageError> {
+        if device.is_cpu() && self.dtype != InferenceDType::F32 {
+            let name = match self.dtype {
+                InferenceDType::F16 => "f16",
+                _ => "bf16",
+            };
+            return Err(UsageError(format!(
+                "--dtype {name} needs a CUDA device; the CPU runs f32 (drop --dtype, or use --device cuda)"
+            )));
+        }
+        let defaults = InferenceOptions::for_device(device);
+        Ok(InferenceOptions {
+            batch_size: self.batch_size.unwrap_or(defaults.batch_size),
+            max_batch_tokens: self.max_batch_tokens.unwrap_or(defaults.max_batch_tokens),
+            dtype: self.dtype,
+        })
+    }
+
+    /// The encoder settings these flags describe on `device`.
+    pub fn settings(&self, device: &Device) -> Result<EncoderSettings, UsageError> {
+        let mut settings = EncoderSettings {
             max_length: self.max_length,
             pooling: self.pooling,
-            batch_size: self.batch_size,
-            max_batch_tokens: self.max_batch_tokens,
-        }
+            ..Default::default()
+        };
+        settings.apply(&self.inference_options(device)?);
+        Ok(settings)
     }
 
     /// Resolves, loads and reports the encoder.
     pub fn load_encoder(&self) -> anyhow::Result<TextEncoder> {
         let files = ModelFiles::resolve(self.model.as_deref())?;
         let device = self.device.open()?;
-        let settings = self.settings();
+        let settings = self.settings(&device)?;
         tracing::info!(model = %files.dir.display(), ?device, ?settings, "loading encoder");
         Ok(TextEncoder::load(&files, settings, &device)?)
     }

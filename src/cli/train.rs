@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use candle_core::Device;
 
 use super::flags;
 use super::progress::bulk_progress;
@@ -102,14 +103,14 @@ pub struct TrainOptions {
 
 impl TrainOptions {
     /// The model configuration these flags describe.
-    pub fn model_config(&self) -> anyhow::Result<GeoModelConfig> {
+    pub fn model_config(&self, device: &Device) -> anyhow::Result<GeoModelConfig> {
         let prompts = if self.prompts.is_empty() {
             LocationPrompts::default()
         } else {
             LocationPrompts::new(self.prompts.clone())?
         };
         Ok(GeoModelConfig {
-            encoder: self.model.settings(),
+            encoder: self.model.settings(device)?,
             prompts,
             fusion: self.fusion,
             post_input: self.post_input,
@@ -143,7 +144,11 @@ impl TrainOptions {
     pub fn base_model(&self) -> anyhow::Result<GeoModel> {
         let files = ModelFiles::resolve(self.model.model.as_deref())?;
         let device = self.model.device.open()?;
-        Ok(GeoModel::from_base(&files, self.model_config()?, &device)?)
+        Ok(GeoModel::from_base(
+            &files,
+            self.model_config(&device)?,
+            &device,
+        )?)
     }
 }
 

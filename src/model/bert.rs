@@ -42,9 +42,9 @@ impl ForwardMode {
 /// Layer normalisation over the last dimension, with a differentiable path for training.
 #[derive(Debug, Clone)]
 pub struct TrainableLayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
 }
 
 impl TrainableLayerNorm {
@@ -80,8 +80,8 @@ impl TrainableLayerNorm {
 /// A dense layer `x W^T + b` that flattens leading dimensions into one matrix product.
 #[derive(Debug, Clone)]
 pub struct Dense {
-    weight: Tensor,
-    bias: Tensor,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
 }
 
 impl Dense {
@@ -116,11 +116,11 @@ impl Module for Dense {
     }
 }
 
-struct Embeddings {
-    word: candle_nn::Embedding,
-    position: candle_nn::Embedding,
-    token_type: candle_nn::Embedding,
-    layer_norm: TrainableLayerNorm,
+pub(crate) struct Embeddings {
+    pub(crate) word: candle_nn::Embedding,
+    pub(crate) position: candle_nn::Embedding,
+    pub(crate) token_type: candle_nn::Embedding,
+    pub(crate) layer_norm: TrainableLayerNorm,
     dropout: f64,
 }
 
@@ -162,12 +162,12 @@ impl Embeddings {
     }
 }
 
-struct SelfAttention {
-    query: Dense,
-    key: Dense,
-    value: Dense,
-    output: Dense,
-    output_norm: TrainableLayerNorm,
+pub(crate) struct SelfAttention {
+    pub(crate) query: Dense,
+    pub(crate) key: Dense,
+    pub(crate) value: Dense,
+    pub(crate) output: Dense,
+    pub(crate) output_norm: TrainableLayerNorm,
     heads: usize,
     head_size: usize,
     attention_dropout: f64,
@@ -230,12 +230,12 @@ impl SelfAttention {
     }
 }
 
-struct Layer {
-    attention: SelfAttention,
-    intermediate: Dense,
-    output: Dense,
-    output_norm: TrainableLayerNorm,
-    activation: HiddenAct,
+pub(crate) struct Layer {
+    pub(crate) attention: SelfAttention,
+    pub(crate) intermediate: Dense,
+    pub(crate) output: Dense,
+    pub(crate) output_norm: TrainableLayerNorm,
+    pub(crate) activation: HiddenAct,
     hidden_dropout: f64,
 }
 
@@ -284,8 +284,8 @@ impl Layer {
 
 /// The BERT encoder stack: embeddings and transformer layers, producing one hidden state per token.
 pub struct BertEncoder {
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
+    pub(crate) embeddings: Embeddings,
+    pub(crate) layers: Vec<Layer>,
     config: BertConfig,
 }
 
@@ -301,6 +301,39 @@ impl BertEncoder {
             layers,
             config: config.clone(),
         })
+    }
+
+    /// The names of every weight [`BertEncoder::new`] asks its `VarBuilder` for (Hugging Face names,
+    /// without a checkpoint prefix). A loader can put these in a `VarMap` first, so that building the
+    /// encoder does not draw random initial values only to overwrite them.
+    pub fn parameter_names(config: &BertConfig) -> Vec<String> {
+        let mut names: Vec<String> = [
+            "word_embeddings.weight",
+            "position_embeddings.weight",
+            "token_type_embeddings.weight",
+            "LayerNorm.weight",
+            "LayerNorm.bias",
+        ]
+        .iter()
+        .map(|n| format!("embeddings.{n}"))
+        .collect();
+        for index in 0..config.num_hidden_layers {
+            for module in [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ] {
+                for tensor in ["weight", "bias"] {
+                    names.push(format!("encoder.layer.{index}.{module}.{tensor}"));
+                }
+            }
+        }
+        names
     }
 
     /// The architecture this encoder was built with.
@@ -326,15 +359,51 @@ impl BertEncoder {
     }
 }
 
-/// `[B, T]` 0/1 mask -> `[B, 1, 1, T]` additive bias: 0 for real tokens, a large negative for padding.
+/// `[B, T]` 0/1 mask -> `[B, 1, 1, T]` additive bias: 0 for real tokens, a large negative for padding
+/// (-1e9 in f32; -1e4 in half precision, whose range ends at 65,504 and where 0 x inf would be NaN).
 fn attention_mask_bias(attention_mask: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
     let (batch, seq_len) = attention_mask.dims2()?;
-    let mask = attention_mask.to_dtype(dtype)?;
-    let bias = ((mask - 1.0)? * 1e9)?;
+    let big = match dtype {
+        DType::F16 | DType::BF16 => 1e4,
+        _ => 1e9,
+    };
+    let mask = attention_mask.to_dtype(DType::F32)?;
+    let bias = ((mask - 1.0)? * big)?.to_dtype(dtype)?;
     bias.reshape((batch, 1, 1, seq_len))
 }
 
 /// Builds a fresh variable map on `device` (used by tests and the loader).
 pub fn new_var_builder(varmap: &candle_nn::VarMap, device: &Device) -> VarBuilder<'static> {
     VarBuilder::from_varmap(varmap, DType::F32, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::HiddenAct;
+
+    #[test]
+    fn parameter_names_are_exactly_the_weights_the_encoder_creates() {
+        let config = BertConfig {
+            vocab_size: 10,
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            hidden_act: HiddenAct::Gelu,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 12,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            model_type: None,
+        };
+        let vars = candle_nn::VarMap::new();
+        BertEncoder::new(&config, new_var_builder(&vars, &Device::Cpu)).unwrap();
+        let mut created: Vec<String> = vars.data().lock().unwrap().keys().cloned().collect();
+        created.sort();
+        let mut listed = BertEncoder::parameter_names(&config);
+        listed.sort();
+        assert_eq!(created, listed);
+    }
 }

@@ -209,6 +209,16 @@ impl GeoModel {
         })
     }
 
+    /// Changes the batching and precision of both encoders' bulk inference (and the config that records
+    /// them); what the model computes does not change.
+    pub fn set_inference_options(&mut self, options: &super::encoder::InferenceOptions) {
+        self.config.encoder.apply(options);
+        self.post_encoder.set_inference_options(options);
+        if let Some(encoder) = &mut self.location_encoder {
+            encoder.set_inference_options(options);
+        }
+    }
+
     /// Writes the checkpoint to `dir`, replacing any checkpoint there whole: the files go to a staging
     /// directory beside it, are fsynced, and the directory is renamed into place (see [`crate::atomic_dir`]).
     /// Never in place: a process may have the old `model.safetensors` memory-mapped.

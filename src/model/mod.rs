@@ -5,6 +5,7 @@
 
 pub mod bert;
 pub mod config;
+mod cpu_forward;
 pub mod device;
 pub mod encoder;
 pub mod error;
@@ -18,7 +19,7 @@ pub mod tokenize;
 pub use bert::{BertEncoder, ForwardMode};
 pub use config::BertConfig;
 pub use device::DeviceChoice;
-pub use encoder::{EncodedTexts, EncoderSettings, TextEncoder};
+pub use encoder::{EncodedTexts, EncoderSettings, InferenceDType, InferenceOptions, TextEncoder};
 pub use error::{ModelError, Result};
 pub use files::ModelFiles;
 pub use fusion::{Fusion, TlmHead};
