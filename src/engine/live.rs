@@ -7,7 +7,8 @@
 //!   the labels after it are applied. A crash between the acknowledgement and the live insert loses
 //!   nothing: the next open applies the rest.
 //! - **Retrain** ([`LiveStore::retrain`]): fine-tunes a copy of the live model on every stored label
-//!   (one held-out post per city, rotated by generation, is kept out of training for the gate), builds
+//!   (one post per city among those that arrived after the live version was built, rotated by generation,
+//!   is kept out of training for the gate: the live model never trained on them either), builds
 //!   generation N+1 beside N, and swaps it in atomically only if it passes the gate: on the held-out posts
 //!   its Acc@1 (prompt similarity and TLM rerank, support posts ignored since every label is a support post
 //!   of both) may not fall more than `gate_margin` below the live generation's. Queries are answered by N
@@ -433,7 +434,10 @@ impl LiveStore {
             .into_iter()
             .filter(|(seq, _)| *seq <= watermark)
             .collect();
-        let (training, held_out) = hold_out(&posts, parent + 1);
+        // The gate may only judge on labels the live model never trained on: those that arrived after
+        // its generation was built (it may have been trained on any label before).
+        let parent_watermark = self.generations.manifest(parent)?.label_watermark;
+        let (training, held_out) = hold_out(&posts, parent_watermark, parent + 1);
         let city_posts: Vec<CityPost> = training
             .iter()
             .filter_map(|post| {
@@ -703,25 +707,29 @@ fn apply(snapshot: &Snapshot, labels: &[(LabelSeq, Label)]) -> Result<()> {
     Ok(())
 }
 
-/// Splits labelled posts into training posts and held-out posts for the gate: one post of every city with
-/// at least three, chosen by `rotation` so that successive retrains hold out different posts.
-fn hold_out(posts: &[(LabelSeq, PostLabel)], rotation: u64) -> (Vec<PostLabel>, Vec<PostLabel>) {
-    let mut by_city: HashMap<CityId, Vec<&PostLabel>> = HashMap::new();
-    for (_, post) in posts {
-        by_city.entry(post.city).or_default().push(post);
+/// Splits labelled posts into training posts and held-out posts for the gate: among the posts that arrived
+/// after `fresh_after` (the live model's build, so it never trained on them), one post of every city with at
+/// least three such posts, chosen by `rotation` so that successive retrains hold out different posts.
+fn hold_out(
+    posts: &[(LabelSeq, PostLabel)],
+    fresh_after: LabelSeq,
+    rotation: u64,
+) -> (Vec<PostLabel>, Vec<PostLabel>) {
+    let mut fresh_by_city: HashMap<CityId, Vec<LabelSeq>> = HashMap::new();
+    for (seq, post) in posts.iter().filter(|(seq, _)| *seq > fresh_after) {
+        fresh_by_city.entry(post.city).or_default().push(*seq);
     }
+    let held: std::collections::HashSet<LabelSeq> = fresh_by_city
+        .iter()
+        .filter(|(_, seqs)| seqs.len() >= 3)
+        .map(|(city, seqs)| seqs[((rotation ^ city) % seqs.len() as u64) as usize])
+        .collect();
     let (mut training, mut held_out) = (Vec::new(), Vec::new());
-    let mut cities: Vec<_> = by_city.into_iter().collect();
-    cities.sort_by_key(|(id, _)| *id);
-    for (city, city_posts) in cities {
-        let n = city_posts.len();
-        let held = (n >= 3).then(|| ((rotation ^ city) % n as u64) as usize);
-        for (i, post) in city_posts.into_iter().enumerate() {
-            if Some(i) == held {
-                held_out.push(post.clone());
-            } else {
-                training.push(post.clone());
-            }
+    for (seq, post) in posts {
+        if held.contains(seq) {
+            held_out.push(post.clone());
+        } else {
+            training.push(post.clone());
         }
     }
     (training, held_out)
@@ -770,9 +778,9 @@ pub const POLICY_POLL: Duration = Duration::from_secs(2);
 mod tests {
     use super::*;
 
-    fn post(text: &str, city: CityId) -> (LabelSeq, PostLabel) {
+    fn post(seq: LabelSeq, text: &str, city: CityId) -> (LabelSeq, PostLabel) {
         (
-            0,
+            seq,
             PostLabel {
                 text: text.into(),
                 city,
@@ -783,21 +791,28 @@ mod tests {
     }
 
     #[test]
-    fn one_post_per_city_with_three_or_more_is_held_out_and_the_choice_rotates() {
+    fn one_fresh_post_per_city_with_three_or_more_is_held_out_and_the_choice_rotates() {
+        // Posts 1-4 of city 1 and 5-6 of city 2.
         let posts: Vec<_> = (0..4)
-            .map(|i| post(&format!("a{i}"), 1))
-            .chain((0..2).map(|i| post(&format!("b{i}"), 2)))
+            .map(|i| post(1 + i, &format!("a{i}"), 1))
+            .chain((0..2).map(|i| post(5 + i, &format!("b{i}"), 2)))
             .collect();
-        let (training, held) = hold_out(&posts, 1);
+        let (training, held) = hold_out(&posts, 0, 1);
         assert_eq!((training.len(), held.len()), (5, 1));
         assert_eq!(
             held[0].city, 1,
             "a city with two posts keeps both for training"
         );
-        let (_, held_next) = hold_out(&posts, 2);
+        let (_, held_next) = hold_out(&posts, 0, 2);
         assert_ne!(
             held[0].text, held_next[0].text,
             "the next retrain holds out another post"
+        );
+        let (training, held) = hold_out(&posts, 6, 1);
+        assert_eq!(
+            (training.len(), held.len()),
+            (6, 0),
+            "labels the live model may have trained on are never used to judge it"
         );
     }
 }
