@@ -106,6 +106,8 @@ struct Sizes {
     train: TrainConfig,
     /// The same, as recorded.
     train_settings: Value,
+    /// The retrain gate's margin (`$CONTRASTGEO_INGEST_BENCH_GATE_MARGIN`, else the default).
+    gate_margin: f64,
 }
 
 impl Sizes {
@@ -132,8 +134,13 @@ impl Sizes {
                 train,
             )
         };
+        let gate_margin = std::env::var(GATE_MARGIN_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RetrainOptions::default().gate_margin);
         Self {
             quick,
+            gate_margin,
             test_per_city,
             big_store_supports,
             big_store_real_posts,
@@ -533,7 +540,7 @@ fn retrain_under_load(
     let options = RetrainOptions {
         train: sizes.train.clone(),
         threads: 1,
-        ..RetrainOptions::default()
+        gate_margin: sizes.gate_margin,
     };
     let engine = store.shared_engine();
     let queries: Vec<&str> = fixture.test.iter().map(|(_, t)| t.as_str()).collect();
@@ -966,6 +973,10 @@ impl Report {
 /// Environment variable naming the parts to run, comma-separated: `live` (stages 1 to 3), `all60` (stage 4),
 /// `big` (stage 5); all of them when unset. Parts run as separate processes merge their figures.
 const PARTS_ENV: &str = "CONTRASTGEO_INGEST_BENCH_PARTS";
+/// Environment variable overriding the retrain gate's margin (a diagnostic: 1.0 lets any retrain go live).
+const GATE_MARGIN_ENV: &str = "CONTRASTGEO_INGEST_BENCH_GATE_MARGIN";
+/// Environment variable naming another report directory (for diagnostic runs beside the main report).
+const OUT_ENV: &str = "CONTRASTGEO_INGEST_BENCH_OUT";
 /// Every part, in the order they run.
 const PARTS: [&str; 3] = ["live", "all60", "big"];
 
@@ -1039,7 +1050,9 @@ fn run_all60(
 
 fn main() -> anyhow::Result<()> {
     let sizes = Sizes::from_env();
-    let out = if sizes.quick {
+    let out = if let Some(dir) = std::env::var_os(OUT_ENV) {
+        PathBuf::from(dir)
+    } else if sizes.quick {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ingest-bench-quick")
     } else {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("reports/ingest")
