@@ -33,6 +33,9 @@
 //! comma-separated list, runs only those parts; each process writes `part-*.json` and the merge of all part
 //! files present is `report.json` / `report.md`, so parts can run as separate processes.
 //!
+//! For diagnostics, `CONTRASTGEO_INGEST_BENCH_GATE_MARGIN` overrides the retrain gate's margin (1.0 lets any
+//! retrain go live) and `CONTRASTGEO_INGEST_BENCH_OUT` names another report directory.
+//!
 //! Without `--bench` on its command line (e.g. `cargo test --benches`) it runs the quick sizes. Progress goes
 //! to stderr; the Markdown table to stdout; the JSON report to `reports/ingest/report.json` (quick runs:
 //! `target/ingest-bench-quick/`), rewritten after every stage.
