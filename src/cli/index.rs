@@ -173,12 +173,20 @@ pub fn build_default_store(dir: &Path, model: &GeoModel) -> anyhow::Result<Gener
 /// The store to query: `store` (a flag or `$CONTRASTGEO_STORE`) when given, else the default store in the data
 /// home, built from the gazetteer on first use.
 pub fn open_or_build_default(store: Option<&Path>, model: &GeoModel) -> anyhow::Result<PathBuf> {
+    store_or_default(store, || Ok(model))
+}
+
+/// `store`, else the default store, built with the model `model` gives (asked for only then).
+fn store_or_default<M: std::borrow::Borrow<GeoModel>>(
+    store: Option<&Path>,
+    model: impl FnOnce() -> anyhow::Result<M>,
+) -> anyhow::Result<PathBuf> {
     if let Some(dir) = store {
         return Ok(dir.to_path_buf());
     }
     let dir = crate::home::default_store_dir();
     if !LiveStore::exists(&dir) && !crate::engine::Snapshot::exists(&dir) {
-        build_default_store(&dir, model)?;
+        build_default_store(&dir, model()?.borrow())?;
     }
     Ok(dir)
 }
@@ -217,16 +225,7 @@ pub fn open_store(
     model: &GeoModelArgs,
     config: EngineConfig,
 ) -> anyhow::Result<OpenedStore> {
-    let dir = match store {
-        Some(dir) => dir.to_path_buf(),
-        None => {
-            let dir = crate::home::default_store_dir();
-            if !LiveStore::exists(&dir) && !crate::engine::Snapshot::exists(&dir) {
-                build_default_store(&dir, &model.load()?)?;
-            }
-            dir
-        }
-    };
+    let dir = store_or_default(store, || model.load())?;
     if LiveStore::exists(&dir) {
         let device = model.model.device.open()?;
         let live = LiveStore::open(&dir, &device, config)

@@ -73,11 +73,11 @@ pub fn build_index(
 ) -> Result<BuildReport> {
     let started = Instant::now();
     check_inputs(cities, support)?;
-    let staging = atomic_dir::sibling(dir, "building").map_err(io(dir))?;
-    atomic_dir::remove_dir_if_present(&staging).map_err(io(&staging))?;
+    let staging = atomic_dir::sibling(dir, "building").map_err(EngineError::io(dir))?;
+    atomic_dir::remove_dir_if_present(&staging).map_err(EngineError::io(&staging))?;
     fill_store(&staging, model, cities, support, options, 0, progress)?;
-    atomic_dir::sync_tree(&staging).map_err(io(&staging))?;
-    atomic_dir::replace_dir(&staging, dir).map_err(io(dir))?;
+    atomic_dir::sync_tree(&staging).map_err(EngineError::io(&staging))?;
+    atomic_dir::replace_dir(&staging, dir).map_err(EngineError::io(dir))?;
     let report = BuildReport {
         dir: dir.to_path_buf(),
         model_version: model.config().model_id.clone(),
@@ -188,12 +188,5 @@ fn prompt_meta(city: &City) -> VectorMeta {
         city: city.id,
         kind: VectorKind::Prompt,
         post: None,
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }

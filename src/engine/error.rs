@@ -101,5 +101,15 @@ pub enum EngineError {
     },
 }
 
+impl EngineError {
+    /// Maps an I/O error on `path` to [`EngineError::Io`] (for `map_err`).
+    pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+        move |source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Result of the engine layer.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -63,12 +63,12 @@ impl Generations {
             store: store.to_path_buf(),
         };
         let dir = generations.root();
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let path = entry.map_err(io(&dir))?.path();
+        std::fs::create_dir_all(&dir).map_err(EngineError::io(&dir))?;
+        for entry in std::fs::read_dir(&dir).map_err(EngineError::io(&dir))? {
+            let path = entry.map_err(EngineError::io(&dir))?.path();
             if path.to_string_lossy().ends_with(BUILDING) {
                 tracing::warn!(dir = %path.display(), "removing a generation left half-built by a crash");
-                atomic_dir::remove_dir_if_present(&path).map_err(io(&path))?;
+                atomic_dir::remove_dir_if_present(&path).map_err(EngineError::io(&path))?;
             }
         }
         Ok(generations)
@@ -100,7 +100,7 @@ impl Generations {
                 ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&path)(e)),
+            Err(e) => Err(EngineError::io(&path)(e)),
         }
     }
 
@@ -116,19 +116,19 @@ impl Generations {
         let temp = self
             .store
             .join(format!(".{CURRENT}.{}", std::process::id()));
-        let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
-        writeln!(file, "{id}").map_err(io(&temp))?;
-        file.sync_all().map_err(io(&temp))?;
-        std::fs::rename(&temp, &path).map_err(io(&path))?;
-        atomic_dir::sync_dir(&self.store).map_err(io(&self.store))
+        let mut file = std::fs::File::create(&temp).map_err(EngineError::io(&temp))?;
+        writeln!(file, "{id}").map_err(EngineError::io(&temp))?;
+        file.sync_all().map_err(EngineError::io(&temp))?;
+        std::fs::rename(&temp, &path).map_err(EngineError::io(&path))?;
+        atomic_dir::sync_dir(&self.store).map_err(EngineError::io(&self.store))
     }
 
     /// Every complete generation, oldest first.
     pub fn list(&self) -> Result<Vec<GenerationManifest>> {
         let dir = self.root();
         let mut manifests = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let path = entry.map_err(io(&dir))?.path();
+        for entry in std::fs::read_dir(&dir).map_err(EngineError::io(&dir))? {
+            let path = entry.map_err(EngineError::io(&dir))?.path();
             if path.join(MANIFEST).is_file() && !path.to_string_lossy().ends_with(BUILDING) {
                 manifests.push(read_manifest(&path)?);
             }
@@ -146,8 +146,8 @@ impl Generations {
     pub fn begin(&self) -> Result<(GenerationId, PathBuf)> {
         let dir = self.root();
         let mut last = 0;
-        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let name = entry.map_err(io(&dir))?.file_name();
+        for entry in std::fs::read_dir(&dir).map_err(EngineError::io(&dir))? {
+            let name = entry.map_err(EngineError::io(&dir))?.file_name();
             let name = name.to_string_lossy();
             let number = name.strip_suffix(BUILDING).unwrap_or(&name);
             if let Ok(n) = number.parse::<GenerationId>() {
@@ -156,8 +156,8 @@ impl Generations {
         }
         let id = last + 1;
         let building = self.root().join(format!("{id:06}{BUILDING}"));
-        atomic_dir::remove_dir_if_present(&building).map_err(io(&building))?;
-        std::fs::create_dir_all(&building).map_err(io(&building))?;
+        atomic_dir::remove_dir_if_present(&building).map_err(EngineError::io(&building))?;
+        std::fs::create_dir_all(&building).map_err(EngineError::io(&building))?;
         Ok((id, building))
     }
 
@@ -167,11 +167,11 @@ impl Generations {
         let path = building.join(MANIFEST);
         let json = serde_json::to_vec_pretty(manifest)
             .map_err(|e| EngineError::InvalidConfig(e.to_string()))?;
-        std::fs::write(&path, json).map_err(io(&path))?;
-        atomic_dir::sync_tree(building).map_err(io(building))?;
+        std::fs::write(&path, json).map_err(EngineError::io(&path))?;
+        atomic_dir::sync_tree(building).map_err(EngineError::io(building))?;
         let done = self.dir(manifest.id);
-        std::fs::rename(building, &done).map_err(io(&done))?;
-        atomic_dir::sync_dir(&self.root()).map_err(io(&done))?;
+        std::fs::rename(building, &done).map_err(EngineError::io(&done))?;
+        atomic_dir::sync_dir(&self.root()).map_err(EngineError::io(&done))?;
         Ok(done)
     }
 
@@ -185,20 +185,13 @@ impl Generations {
 
 fn read_manifest(dir: &Path) -> Result<GenerationManifest> {
     let path = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let text = std::fs::read_to_string(&path).map_err(EngineError::io(&path))?;
     serde_json::from_str(&text).map_err(|e| {
         EngineError::InvalidConfig(format!(
             "{}: not a generation manifest: {e}",
             path.display()
         ))
     })
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Seconds since the Unix epoch.

@@ -204,8 +204,8 @@ impl LiveStore {
         progress: &dyn Fn(BuildProgress),
     ) -> Result<GenerationManifest> {
         check_inputs(cities, support)?;
-        let staging = atomic_dir::sibling(dir, "building").map_err(io(dir))?;
-        atomic_dir::remove_dir_if_present(&staging).map_err(io(&staging))?;
+        let staging = atomic_dir::sibling(dir, "building").map_err(EngineError::io(dir))?;
+        atomic_dir::remove_dir_if_present(&staging).map_err(EngineError::io(&staging))?;
         let manifest = {
             let labels = open_labels(&staging)?;
             let added_at = now_unix();
@@ -246,8 +246,8 @@ impl LiveStore {
             generations.set_current(id)?;
             manifest
         };
-        atomic_dir::sync_tree(&staging).map_err(io(&staging))?;
-        atomic_dir::replace_dir(&staging, dir).map_err(io(dir))?;
+        atomic_dir::sync_tree(&staging).map_err(EngineError::io(&staging))?;
+        atomic_dir::replace_dir(&staging, dir).map_err(EngineError::io(dir))?;
         Ok(manifest)
     }
 
@@ -771,13 +771,6 @@ fn accuracy(engine: &Engine, posts: &[PostLabel]) -> Result<f64> {
         .filter(|(a, p)| a.city_id == p.city)
         .count();
     Ok(right as f64 / posts.len() as f64)
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// How long to wait between checks of an automatic retrain policy.
