@@ -413,6 +413,7 @@ fn evaluate(engine: &Engine, fixture: &Fixture) -> anyhow::Result<Accuracy> {
                 lat: post.post.lat.unwrap_or(city.lat),
                 lon: post.post.lon.unwrap_or(city.lon),
                 names_city: names_city(text, city),
+                has_profile: false,
             });
         }
     }

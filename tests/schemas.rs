@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use contrastgeo::cli::locate::LocatedRecord;
+use contrastgeo::cli::locate::{LocatedAuthorRecord, LocatedRecord};
 use contrastgeo::data::LabelledPost;
 use contrastgeo::geo::City;
 
@@ -30,6 +30,10 @@ fn committed_schemas_match_the_record_types() {
     check(
         "located_post",
         schemars::schema_for!(LocatedRecord<'static>),
+    );
+    check(
+        "located_author",
+        schemars::schema_for!(LocatedAuthorRecord<'static>),
     );
 }
 

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use contrastgeo::data::{assign_cities, read_labelled_posts, CityPost};
-use contrastgeo::eval::{trained_rankings, RerankConfig};
+use contrastgeo::engine::EngineConfig;
+use contrastgeo::eval::{tlc_rankings, EvalStore};
 use contrastgeo::geo::CityTable;
 use contrastgeo::model::{ForwardMode, Fusion, GeoModel, GeoModelConfig};
 use contrastgeo::train::{tlc_loss, train, TrainConfig};
@@ -97,7 +98,8 @@ fn a_saved_checkpoint_reloads_to_identical_predictions_for_every_fusion() {
         train(&mut model, &cities, &posts, &quick_config(2), &mut |_| {}).unwrap();
         let dir = tempfile::tempdir().unwrap();
         model.save(dir.path()).unwrap();
-        let reloaded = GeoModel::load(dir.path(), &Device::Cpu).unwrap();
+        let reloaded = std::sync::Arc::new(GeoModel::load(dir.path(), &Device::Cpu).unwrap());
+        let model = std::sync::Arc::new(model);
         assert_eq!(reloaded.config(), model.config());
         // The id names the weights: the reloaded weights hash to it.
         assert_eq!(
@@ -106,19 +108,27 @@ fn a_saved_checkpoint_reloads_to_identical_predictions_for_every_fusion() {
         );
 
         let support = &posts[..8];
-        let rerank = RerankConfig {
+        let config = EngineConfig {
             top_k: 3,
             ..Default::default()
         };
-        let a = trained_rankings(&model, &cities, &posts, support, &rerank).unwrap();
-        let b = trained_rankings(&reloaded, &cities, &posts, support, &rerank).unwrap();
+        let texts: Vec<&str> = posts.iter().map(|p| p.post.text.as_str()).collect();
         assert_eq!(
-            a.tlc, b.tlc,
+            tlc_rankings(&model, &cities, &texts).unwrap(),
+            tlc_rankings(&reloaded, &cities, &texts).unwrap(),
             "{fusion:?}: TLC rankings changed after reload"
         );
+        let engine_rankings = |m: &std::sync::Arc<GeoModel>| {
+            let store = EvalStore::build(m.clone(), &cities, support, config.clone()).unwrap();
+            let answers = store.answers(&texts).unwrap();
+            answers.iter().map(|a| store.ranking(a)).collect::<Vec<_>>()
+        };
+        let a = engine_rankings(&model);
+        assert!(a.iter().all(|r| r.len() == 3), "{fusion:?}: {a:?}");
         assert_eq!(
-            a.reranked, b.reranked,
-            "{fusion:?}: reranked rankings changed after reload"
+            a,
+            engine_rankings(&reloaded),
+            "{fusion:?}: the engine's rankings changed after reload"
         );
 
         let texts: Vec<&str> = posts.iter().map(|p| p.post.text.as_str()).collect();

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use super::locate::EngineArgs;
 use super::train::TrainOptions;
 use crate::eval::benchmark::{self, BenchmarkData, BenchmarkSpec};
-use crate::eval::RerankConfig;
 
 /// Arguments of `contrastgeo eval`.
 #[derive(Debug, clap::Args)]
@@ -23,15 +23,12 @@ pub struct EvalArgs {
     /// At most this many test posts per city (quick runs); all by default.
     #[arg(long)]
     pub max_test_per_city: Option<usize>,
-    /// Cities reranked by the TLM head.
-    #[arg(long, value_parser = super::flags::at_least_one, default_value_t = RerankConfig::default().top_k)]
-    pub top_k: usize,
-    /// Weight of prompt similarity against best support similarity in retrieval, in [0, 1].
-    #[arg(long, value_parser = super::flags::unit_interval_f32, default_value_t = RerankConfig::default().prompt_weight)]
-    pub prompt_weight: f32,
-    /// Weight of the retrieval score added to the TLM logit (finite, 0 or more).
-    #[arg(long, value_parser = super::flags::non_negative_f32, default_value_t = RerankConfig::default().retrieval_weight)]
-    pub retrieval_weight: f32,
+    /// Query settings of the engine rule (the same flags as `locate`; no population prior unless given).
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// How the engine combines an author's posts in the author-level rows.
+    #[arg(long, value_enum, default_value_t)]
+    pub author_rule: crate::engine::AuthorRule,
     /// Evaluate this checkpoint instead of training (use with the single K and seed it was trained with).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
@@ -61,11 +58,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<usize> {
         shots: args.shots.clone(),
         seeds: args.seeds.clone(),
         train: args.options.train_config(),
-        rerank: RerankConfig {
-            top_k: args.top_k,
-            prompt_weight: args.prompt_weight,
-            retrieval_weight: args.retrieval_weight,
-        },
+        engine: args.engine.config(),
+        author_rule: args.author_rule,
         max_test_per_city: args.max_test_per_city,
         checkpoint: args.checkpoint.clone(),
         save_checkpoints: args.save_checkpoints.clone(),

@@ -75,6 +75,22 @@ pub struct InputLine {
     pub id: Option<serde_json::Value>,
     /// The post text, or a message saying what is wrong with the line.
     pub text: Result<String, String>,
+    /// The author (`user` field or column, when not empty; a number is read as its decimal text).
+    pub user: Option<String>,
+    /// The author's profile location (`user_location` field or column, when not empty).
+    pub user_location: Option<String>,
+}
+
+impl Default for InputLine {
+    fn default() -> Self {
+        Self {
+            line: 0,
+            id: None,
+            text: Err(String::new()),
+            user: None,
+            user_location: None,
+        }
+    }
 }
 
 /// Streams [`InputLine`]s from a reader.
@@ -181,6 +197,7 @@ impl LineSource {
                     line: number,
                     id: None,
                     text: Err(Line::too_long_message(bytes, limit)),
+                    ..InputLine::default()
                 },
             });
         }
@@ -198,6 +215,7 @@ fn parse_line(line: usize, raw: &[u8], format: InputFormat) -> InputLine {
                 line,
                 id: None,
                 text: Err(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+                ..InputLine::default()
             }
         }
     };
@@ -211,6 +229,7 @@ fn parse_line(line: usize, raw: &[u8], format: InputFormat) -> InputLine {
             line,
             id: None,
             text: Ok(text.to_string()),
+            ..InputLine::default()
         };
     }
     match serde_json::from_str::<serde_json::Value>(text) {
@@ -218,6 +237,7 @@ fn parse_line(line: usize, raw: &[u8], format: InputFormat) -> InputLine {
             line,
             id: None,
             text: Err(format!("invalid JSON: {e}")),
+            ..InputLine::default()
         },
         Ok(value) => {
             let id = value.get("id").cloned();
@@ -226,7 +246,18 @@ fn parse_line(line: usize, raw: &[u8], format: InputFormat) -> InputLine {
                 Some(_) => Err("field `text` is not a string".to_string()),
                 None => Err("JSON object has no `text` field".to_string()),
             };
-            InputLine { line, id, text }
+            let optional = |name: &str| match value.get(name) {
+                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            InputLine {
+                line,
+                id,
+                text,
+                user: optional("user"),
+                user_location: optional("user_location"),
+            }
         }
     }
 }
@@ -236,6 +267,8 @@ fn parse_line(line: usize, raw: &[u8], format: InputFormat) -> InputLine {
 struct Columns {
     text: usize,
     id: Option<usize>,
+    user: Option<usize>,
+    user_location: Option<usize>,
 }
 
 impl Columns {
@@ -266,6 +299,8 @@ impl Columns {
         Ok(Self {
             text,
             id: find("id"),
+            user: find("user"),
+            user_location: find("user_location"),
         })
     }
 }
@@ -385,6 +420,7 @@ impl TableSource {
                         line,
                         id: None,
                         text: Err(format!("unreadable record: {other:?}")),
+                        ..InputLine::default()
                     }),
                 },
             }
@@ -439,6 +475,7 @@ fn table_post(line: usize, record: &csv::ByteRecord, columns: Columns) -> InputL
                 line,
                 id: None,
                 text: Err(why),
+                ..InputLine::default()
             }
         }
     };
@@ -451,7 +488,19 @@ fn table_post(line: usize, record: &csv::ByteRecord, columns: Columns) -> InputL
             )
         })
     });
-    InputLine { line, id, text }
+    // An optional column that is missing from the record, empty, or not UTF-8 is simply absent.
+    let optional = |index: Option<usize>, name: &str| {
+        index
+            .and_then(|i| field(i, name).ok().flatten())
+            .filter(|v| !v.trim().is_empty())
+    };
+    InputLine {
+        line,
+        id,
+        text,
+        user: optional(columns.user, "user"),
+        user_location: optional(columns.user_location, "user_location"),
+    }
 }
 
 /// Splits read lines into those holding a post to process and the rest. Each rejected line (unreadable, or

@@ -12,7 +12,7 @@ use super::index::{open_store, GeoModelArgs};
 use super::input::{keep_posts, InputLine, PostReader, PostsInput};
 use super::open_output;
 use super::progress::{bulk_progress, rate_message};
-use crate::engine::{Answer, EngineConfig};
+use crate::engine::{Answer, AuthorAnswer, AuthorRule, EngineConfig, PostQuery, WeighingPost};
 
 /// Lines read and located per round: bounds memory on any input size.
 const CHUNK_LINES: usize = 1024;
@@ -37,6 +37,14 @@ pub struct LocateArgs {
     /// processes or machines.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<Shard>,
+    /// Answer once per author instead of once per post: posts are grouped by their `user` field (JSONL) or
+    /// column (CSV/TSV), and each author gets one answer from all of their posts. Reads the whole input
+    /// first; posts without a user are reported and skipped.
+    #[arg(long, value_enum)]
+    pub group_by: Option<GroupBy>,
+    /// How an author's posts combine with --group-by.
+    #[arg(long, value_enum, default_value_t)]
+    pub author_rule: AuthorRule,
     /// The model (must be the one the store was built with).
     #[command(flatten)]
     pub model: GeoModelArgs,
@@ -70,6 +78,10 @@ pub struct EngineArgs {
     /// 0.03 on the zero-shot world store, 0 on a store of your own].
     #[arg(long, env = "CONTRASTGEO_POPULATION_PRIOR", value_parser = flags::non_negative_f32)]
     pub population_prior: Option<f32>,
+    /// Weight of a post's profile location (`user_location`), when the input carries one: added to each
+    /// candidate's similarity as weight * cosine(profile, city prompt); 0 ignores profiles.
+    #[arg(long, env = "CONTRASTGEO_PROFILE_WEIGHT", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().profile_weight)]
+    pub profile_weight: f32,
 }
 
 impl EngineArgs {
@@ -83,6 +95,7 @@ impl EngineArgs {
             rerank_batch: self.rerank_batch,
             evidence: self.evidence,
             population_prior: self.population_prior.unwrap_or(0.0),
+            profile_weight: self.profile_weight,
         }
     }
 
@@ -96,6 +109,13 @@ impl EngineArgs {
         }
         config
     }
+}
+
+/// What `--group-by` groups posts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    /// The post's author (`user`).
+    User,
 }
 
 /// Output formats of `contrastgeo locate`.
@@ -156,10 +176,39 @@ pub struct LocatedRecord<'a> {
     pub answer: &'a Answer,
 }
 
+/// One JSONL output line of `contrastgeo locate --group-by user` (schema:
+/// `schema/located_author.schema.json`).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct LocatedAuthorRecord<'a> {
+    /// The author (`user`).
+    pub user: &'a str,
+    /// 1-based input lines of the author's posts, in input order.
+    pub lines: Vec<usize>,
+    /// The answer from all of the author's posts (`weighing_posts[].index` counts within `lines`).
+    #[serde(flatten)]
+    pub answer: &'a AuthorAnswer,
+    /// Input lines of the posts that weighed most, in the order of `weighing_posts`.
+    pub weighing_lines: Vec<usize>,
+}
+
 /// The columns of `--output-format csv`, in order.
 const CSV_COLUMNS: [&str; 10] = [
     "line",
     "id",
+    "city_id",
+    "name",
+    "admin1",
+    "country",
+    "lat",
+    "lon",
+    "score",
+    "probability",
+];
+
+/// The columns of `--group-by user --output-format csv`, in order.
+const AUTHOR_CSV_COLUMNS: [&str; 10] = [
+    "user",
+    "posts",
     "city_id",
     "name",
     "admin1",
@@ -178,14 +227,14 @@ enum AnswerWriter {
 
 impl AnswerWriter {
     /// A writer onto `out`; CSV starts with its header row, so even an empty result names the columns.
-    fn new(out: Box<dyn Write>, format: OutputFormat) -> anyhow::Result<Self> {
+    fn new(out: Box<dyn Write>, format: OutputFormat, columns: &[&str]) -> anyhow::Result<Self> {
         Ok(match format {
             OutputFormat::Jsonl => Self::Jsonl(out),
             OutputFormat::Csv => {
                 let mut csv = csv::WriterBuilder::new()
                     .has_headers(false)
                     .from_writer(out);
-                csv.write_record(CSV_COLUMNS)?;
+                csv.write_record(columns)?;
                 Self::Csv(Box::new(csv))
             }
         })
@@ -226,6 +275,44 @@ impl AnswerWriter {
         Ok(())
     }
 
+    /// Writes the answer for the author `user` whose posts are `lines`.
+    fn write_author(
+        &mut self,
+        user: &str,
+        lines: &[InputLine],
+        answer: &AuthorAnswer,
+    ) -> anyhow::Result<()> {
+        let line_of = |w: &WeighingPost| lines.get(w.index).map_or(0, |l| l.line);
+        match self {
+            Self::Jsonl(out) => {
+                let record = LocatedAuthorRecord {
+                    user,
+                    lines: lines.iter().map(|l| l.line).collect(),
+                    answer,
+                    weighing_lines: answer.weighing_posts.iter().map(line_of).collect(),
+                };
+                serde_json::to_writer(&mut *out, &record)?;
+                out.write_all(b"\n")?;
+            }
+            Self::Csv(csv) => {
+                let a = &answer.answer;
+                csv.write_record([
+                    user.to_string(),
+                    lines.len().to_string(),
+                    a.city_id.to_string(),
+                    a.name.clone(),
+                    a.admin1.clone().unwrap_or_default(),
+                    a.country.clone(),
+                    a.lat.to_string(),
+                    a.lon.to_string(),
+                    a.score.to_string(),
+                    a.probability.to_string(),
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Flushes everything written.
     fn flush(&mut self) -> anyhow::Result<()> {
         match self {
@@ -240,11 +327,18 @@ impl AnswerWriter {
 pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
     let config = args.engine.config_for(args.store.as_deref());
     config.validate()?;
-    tracing::info!(?config, shard = ?args.shard, "locating");
+    tracing::info!(?config, shard = ?args.shard, group_by = ?args.group_by, "locating");
     let store = open_store(args.store.as_deref(), &args.model, config)?;
     let engine = store.engine();
     let (mut reader, size) = PostReader::open(args.posts.input.as_deref(), args.posts.format)?;
-    let mut out = AnswerWriter::new(open_output(args.output.as_deref())?, args.output_format)?;
+    if args.group_by.is_some() {
+        return locate_authors(args, &engine, &mut reader, size);
+    }
+    let mut out = AnswerWriter::new(
+        open_output(args.output.as_deref())?,
+        args.output_format,
+        &CSV_COLUMNS,
+    )?;
     let bar = bulk_progress(size);
     let (mut located, mut rejected) = (0u64, 0usize);
     loop {
@@ -257,8 +351,8 @@ pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
             .filter(|l| args.shard.is_none_or(|s| s.owns(l.line)));
         let (good, bad) = keep_posts(mine, &bar);
         rejected += bad;
-        let texts: Vec<&str> = good.iter().filter_map(|l| l.text.as_deref().ok()).collect();
-        let answers = engine.locate(&texts)?;
+        let posts: Vec<PostQuery> = good.iter().filter_map(post_query).collect();
+        let answers = engine.locate_posts(&posts)?;
         for (line, answer) in good.iter().zip(&answers) {
             out.write(line, answer)?;
         }
@@ -269,6 +363,79 @@ pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
     out.flush()?;
     bar.finish_and_clear();
     tracing::info!(located, rejected, "locate finished");
+    Ok(rejected)
+}
+
+/// The query for a kept input line (text and profile location).
+fn post_query(line: &InputLine) -> Option<PostQuery<'_>> {
+    Some(PostQuery {
+        text: line.text.as_deref().ok()?,
+        profile: line.user_location.as_deref(),
+    })
+}
+
+/// Authors located per engine call: bounds the memory of one call.
+const AUTHORS_PER_CALL: usize = 256;
+
+/// `locate --group-by user`: reads every post, groups them by author (first appearance order), and writes
+/// one answer per author.
+fn locate_authors(
+    args: &LocateArgs,
+    engine: &crate::engine::Engine,
+    reader: &mut PostReader,
+    size: Option<u64>,
+) -> anyhow::Result<usize> {
+    let bar = bulk_progress(size);
+    let mut rejected = 0usize;
+    let mut authors: Vec<(String, Vec<InputLine>)> = Vec::new();
+    let mut position: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    loop {
+        let (chunk, bytes) = reader.next_chunk(CHUNK_LINES).context("reading input")?;
+        if chunk.is_empty() {
+            break;
+        }
+        let mine = chunk
+            .into_iter()
+            .filter(|l| args.shard.is_none_or(|s| s.owns(l.line)));
+        let (good, bad) = keep_posts(mine, &bar);
+        rejected += bad;
+        for line in good {
+            let Some(user) = line.user.clone() else {
+                bar.suspend(|| eprintln!("line {}: no `user` to group by; skipped", line.line));
+                rejected += 1;
+                continue;
+            };
+            let at = *position.entry(user.clone()).or_insert_with(|| {
+                authors.push((user, Vec::new()));
+                authors.len() - 1
+            });
+            authors[at].1.push(line);
+        }
+        bar.inc(bytes);
+    }
+    let mut out = AnswerWriter::new(
+        open_output(args.output.as_deref())?,
+        args.output_format,
+        &AUTHOR_CSV_COLUMNS,
+    )?;
+    bar.set_message("locating authors");
+    for batch in authors.chunks(AUTHORS_PER_CALL) {
+        let queries: Vec<Vec<PostQuery>> = batch
+            .iter()
+            .map(|(_, lines)| lines.iter().filter_map(post_query).collect())
+            .collect();
+        let answers = engine.locate_authors(&queries, args.author_rule)?;
+        for ((user, lines), answer) in batch.iter().zip(&answers) {
+            out.write_author(user, lines, answer)?;
+        }
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    tracing::info!(
+        authors = authors.len(),
+        rejected,
+        "locate --group-by user finished"
+    );
     Ok(rejected)
 }
 
@@ -317,7 +484,7 @@ mod tests {
 
     fn written(format: OutputFormat, rows: &[(InputLine, Answer)]) -> String {
         let buffer = Shared::default();
-        let mut out = AnswerWriter::new(Box::new(buffer.clone()), format).unwrap();
+        let mut out = AnswerWriter::new(Box::new(buffer.clone()), format, &CSV_COLUMNS).unwrap();
         for (line, answer) in rows {
             out.write(line, answer).unwrap();
         }
@@ -337,6 +504,7 @@ mod tests {
             line,
             id,
             text: Ok("post".into()),
+            ..InputLine::default()
         };
         let text = written(
             OutputFormat::Csv,
@@ -378,6 +546,7 @@ mod tests {
             line: 5,
             id: Some(serde_json::json!("p5")),
             text: Ok("post".into()),
+            ..InputLine::default()
         };
         let text = written(OutputFormat::Jsonl, &[(line, answer("Ames", None))]);
         assert_eq!(text.lines().count(), 1);

@@ -74,6 +74,12 @@ pub enum EngineError {
         /// Position of the post in the request.
         index: usize,
     },
+    /// An author was given with no posts.
+    #[error("author #{index} has no posts; every author needs at least one")]
+    EmptyAuthor {
+        /// Position of the author in the request.
+        index: usize,
+    },
     /// Another process holds the store (sled's lock on its label log).
     #[error(
         "the store at {dir} is in use by another process (a running `contrastgeo serve`?): one process \

@@ -17,6 +17,7 @@
 //!   `Arc` and swaps it atomically on reload; running queries finish on the generation they started with.
 
 pub mod answer;
+pub mod author;
 pub mod build;
 pub mod error;
 pub mod generations;
@@ -33,6 +34,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use answer::{Answer, Candidate, Evidence};
+pub use author::{AuthorAnswer, AuthorRule, WeighingPost};
 pub use build::{build_index, BuildProgress, BuildReport, BuildStage};
 pub use error::{EngineError, Result};
 pub use generations::{GenerationId, GenerationManifest, Generations};
@@ -41,6 +43,7 @@ pub use live::{
     RetrainReport,
 };
 pub use snapshot::{CityCache, CityEntry, Snapshot};
+// `PostQuery` is defined below.
 
 use crate::geo::City;
 use crate::model::pooling::to_rows;
@@ -51,6 +54,10 @@ use retrieve::CityScore;
 /// Default weight of the population prior (see [`EngineConfig::population_prior`]): off, since on a store
 /// of labelled cities the support posts carry the evidence.
 pub const DEFAULT_POPULATION_PRIOR: f32 = 0.0;
+
+/// Default weight of a post's profile location (see [`EngineConfig::profile_weight`]), measured on the
+/// benchmark's posts that carry one (README, "Profile location").
+pub const DEFAULT_PROFILE_WEIGHT: f32 = 0.5;
 
 /// The population prior of the zero-shot world default store, tuned on the benchmark's test posts
 /// against the whole gazetteer (README, "World default").
@@ -77,6 +84,10 @@ pub struct EngineConfig {
     /// well the larger one wins (a post is likelier to come from a city of millions than from its
     /// namesake village). 0 switches it off.
     pub population_prior: f32,
+    /// Weight of a post's profile location (the author's free-text "where I am", when the post carries one):
+    /// `profile_weight * cosine(profile, city prompt)` is added to each candidate's retrieval score, and the
+    /// cities the profile resembles join the candidates. 0 ignores profiles.
+    pub profile_weight: f32,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +100,7 @@ impl Default for EngineConfig {
             rerank_batch: 320,
             evidence: 3,
             population_prior: DEFAULT_POPULATION_PRIOR,
+            profile_weight: DEFAULT_PROFILE_WEIGHT,
         }
     }
 }
@@ -101,6 +113,12 @@ impl EngineConfig {
             return bad(format!(
                 "neighbours ({}), top_k ({}) and rerank_batch ({}) must be at least 1",
                 self.neighbours, self.top_k, self.rerank_batch
+            ));
+        }
+        if !(self.profile_weight.is_finite() && self.profile_weight >= 0.0) {
+            return bad(format!(
+                "profile_weight must be a finite number >= 0, got {}",
+                self.profile_weight
             ));
         }
         if !(self.population_prior.is_finite() && self.population_prior >= 0.0) {
@@ -199,10 +217,16 @@ impl Engine {
     /// Where each of `texts` was most likely written, in input order. Empty texts are refused
     /// ([`ModelError::EmptyText`] names the first).
     pub fn locate(&self, texts: &[&str]) -> Result<Vec<Answer>> {
-        if let Some(index) = texts.iter().position(|t| t.trim().is_empty()) {
-            return Err(ModelError::EmptyText { index }.into());
-        }
-        if texts.is_empty() {
+        let posts: Vec<PostQuery> = texts.iter().map(|&text| PostQuery::text(text)).collect();
+        self.locate_posts(&posts)
+    }
+
+    /// [`Engine::locate`] for posts that may carry their author's profile location: when one does, the
+    /// cities its profile resembles join the post's candidates and every candidate's score gains
+    /// `profile_weight * cosine(profile, city prompt)` (see [`EngineConfig::profile_weight`]).
+    pub fn locate_posts(&self, posts: &[PostQuery]) -> Result<Vec<Answer>> {
+        check_texts(posts)?;
+        if posts.is_empty() {
             return Ok(Vec::new());
         }
         let snapshot = self.snapshot();
@@ -211,38 +235,132 @@ impl Engine {
             cities: snapshot.cities(),
             snapshot: &snapshot,
         };
-        if snapshot.model().config().head_trained {
-            self.locate_reranked(&view, texts)
+        Ok(self
+            .locate_in(&view, posts)?
+            .into_iter()
+            .map(|located| located.answer)
+            .collect())
+    }
+
+    fn locate_in(&self, view: &View, posts: &[PostQuery]) -> Result<Vec<Located>> {
+        let profiles = self.profile_vectors(view, posts)?;
+        if view.snapshot.model().config().head_trained {
+            self.locate_reranked(view, posts, profiles)
         } else {
-            self.locate_retrieved(&view, texts)
+            self.locate_retrieved(view, posts, profiles)
         }
     }
 
+    /// The unit vector of each post's profile location (the location encoder's, the same space as the
+    /// prompts), each distinct profile encoded once; `None` for a post without one or with the profile
+    /// weight at 0.
+    fn profile_vectors(&self, view: &View, posts: &[PostQuery]) -> Result<Vec<Option<Vec<f32>>>> {
+        let profile_of = |p: &PostQuery<'_>| {
+            p.profile
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && self.config.profile_weight > 0.0)
+                .map(str::to_owned)
+        };
+        let mut distinct: Vec<String> = posts.iter().filter_map(profile_of).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.is_empty() {
+            return Ok(vec![None; posts.len()]);
+        }
+        let refs: Vec<&str> = distinct.iter().map(String::as_str).collect();
+        let vectors = view.snapshot.model().location_encoder().embed(&refs)?;
+        Ok(posts
+            .iter()
+            .map(|p| {
+                let profile = profile_of(p)?;
+                let at = distinct.binary_search(&profile).ok()?;
+                Some(vectors[at].clone())
+            })
+            .collect())
+    }
+
+    /// Where each author most likely writes from: every group of `authors` is one author's posts, and gets
+    /// one answer from all of them (see [`author`] for the rule). Empty posts are refused like in
+    /// [`Engine::locate`] (the index counts posts across all groups, in order); an empty group is refused.
+    pub fn locate_authors(
+        &self,
+        authors: &[Vec<PostQuery>],
+        rule: AuthorRule,
+    ) -> Result<Vec<AuthorAnswer>> {
+        if let Some(index) = authors.iter().position(Vec::is_empty) {
+            return Err(EngineError::EmptyAuthor { index });
+        }
+        let posts: Vec<PostQuery> = authors.iter().flatten().copied().collect();
+        check_texts(&posts)?;
+        if posts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let snapshot = self.snapshot();
+        let view = View {
+            cities: snapshot.cities(),
+            snapshot: &snapshot,
+        };
+        let mut located = self.locate_in(&view, &posts)?.into_iter();
+        let scoring = author::Scoring {
+            cities: &view.cities,
+            prompt_weight: self.config.prompt_weight,
+            population_prior: self.config.population_prior,
+            profile_weight: self.config.profile_weight,
+            tau: snapshot.model().config().tau as f32,
+            top_k: self.config.top_k,
+        };
+        authors
+            .iter()
+            .enumerate()
+            .map(|(index, own)| {
+                let own: Vec<Located> = located.by_ref().take(own.len()).collect();
+                author::aggregate(&own, &scoring, rule).ok_or(EngineError::NoCandidates { index })
+            })
+            .collect()
+    }
+
     /// Retrieval only: the shortlist in retrieval order.
-    fn locate_retrieved(&self, view: &View, texts: &[&str]) -> Result<Vec<Answer>> {
-        let queries = view.snapshot.model().post_encoder().embed(texts)?;
+    fn locate_retrieved(
+        &self,
+        view: &View,
+        posts: &[PostQuery],
+        profiles: Vec<Option<Vec<f32>>>,
+    ) -> Result<Vec<Located>> {
+        let texts: Vec<&str> = posts.iter().map(|p| p.text).collect();
+        let queries = view.snapshot.model().post_encoder().embed(&texts)?;
         let snapshot = view.snapshot;
         let tau = snapshot.model().config().tau as f32;
         queries
-            .par_iter()
+            .into_par_iter()
+            .zip(profiles)
             .enumerate()
-            .map(|(index, query)| {
-                let shortlist = self.shortlist(view, query)?;
+            .map(|(index, (query, profile))| {
+                let shortlist = self.shortlist(view, &query, profile.as_deref())?;
                 let candidates = candidates(&view.cities, &shortlist, |scored, _| {
                     (scored.ranking() / tau, None)
                 });
-                self.answer(view, index, query, candidates)
+                Ok(Located {
+                    answer: self.answer(view, index, &query, candidates)?,
+                    query,
+                    profile,
+                })
             })
             .collect()
     }
 
     /// Retrieval, then the TLM head over each shortlist. Posts go in groups of similar length, each encoded
     /// once for both retrieval and the head; groups run in parallel.
-    fn locate_reranked(&self, view: &View, texts: &[&str]) -> Result<Vec<Answer>> {
+    fn locate_reranked(
+        &self,
+        view: &View,
+        posts: &[PostQuery],
+        profiles: Vec<Option<Vec<f32>>>,
+    ) -> Result<Vec<Located>> {
+        let texts: Vec<&str> = posts.iter().map(|p| p.text).collect();
         let model = view.snapshot.model();
         let encoder = model.post_encoder();
         let tau = model.config().tau as f32;
-        let tokenized = encoder.tokenizer().tokenize(texts)?;
+        let tokenized = encoder.tokenizer().tokenize(&texts)?;
         let lengths: Vec<usize> = tokenized.iter().map(Vec::len).collect();
         let posts_per_group = (self.config.rerank_batch / self.config.top_k).max(1);
         let groups = length_buckets(
@@ -250,7 +368,7 @@ impl Engine {
             posts_per_group,
             encoder.settings().max_batch_tokens,
         );
-        let answered: Vec<(Vec<usize>, Vec<Answer>)> = groups
+        let answered: Vec<(Vec<usize>, Vec<Located>)> = groups
             .into_par_iter()
             .map(|group| {
                 let ids: Vec<&[u32]> = group.iter().map(|&i| tokenized[i].as_slice()).collect();
@@ -259,7 +377,8 @@ impl Engine {
                 let queries = to_rows(&encoded.pooled).map_err(ModelError::from)?;
                 let shortlists = queries
                     .iter()
-                    .map(|query| self.shortlist(view, query))
+                    .zip(&group)
+                    .map(|(query, &index)| self.shortlist(view, query, profiles[index].as_deref()))
                     .collect::<Result<Vec<_>>>()?;
                 let logits = rerank::tlm_logits(
                     model,
@@ -270,20 +389,24 @@ impl Engine {
                 )?;
                 let answers = group
                     .iter()
-                    .zip(&queries)
+                    .zip(queries)
                     .zip(shortlists.iter().zip(&logits))
                     .map(|((&index, query), (shortlist, logits))| {
                         let candidates = candidates(&view.cities, shortlist, |scored, position| {
                             let logit = logits[position];
                             (logit + scored.ranking() / tau, Some(logit))
                         });
-                        self.answer(view, index, query, candidates)
+                        Ok(Located {
+                            answer: self.answer(view, index, &query, candidates)?,
+                            query,
+                            profile: profiles[index].clone(),
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok((group, answers))
             })
             .collect::<Result<_>>()?;
-        let mut ordered: Vec<Option<Answer>> = vec![None; texts.len()];
+        let mut ordered: Vec<Option<Located>> = vec![None; texts.len()];
         for (group, answers) in answered {
             for (index, answer) in group.into_iter().zip(answers) {
                 ordered[index] = Some(answer);
@@ -296,7 +419,12 @@ impl Engine {
             .collect()
     }
 
-    fn shortlist(&self, view: &View, query: &[f32]) -> Result<Vec<CityScore>> {
+    fn shortlist(
+        &self,
+        view: &View,
+        query: &[f32],
+        profile: Option<&[f32]>,
+    ) -> Result<Vec<CityScore>> {
         retrieve::retrieve(
             view.snapshot.index(),
             &view.cities,
@@ -304,6 +432,10 @@ impl Engine {
             self.config.neighbours,
             self.config.prompt_weight,
             self.config.population_prior,
+            profile.map(|vector| retrieve::ProfileEvidence {
+                vector,
+                weight: self.config.profile_weight,
+            }),
             self.config.top_k,
         )
     }
@@ -335,6 +467,49 @@ impl Engine {
             }
         }
         Answer::from_ranked(candidates, evidence).ok_or(EngineError::NoCandidates { index })
+    }
+}
+
+/// A post to locate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PostQuery<'a> {
+    /// What the post says.
+    pub text: &'a str,
+    /// Its author's free-text profile location, when known.
+    pub profile: Option<&'a str>,
+}
+
+impl<'a> PostQuery<'a> {
+    /// A post known by its text alone.
+    pub fn text(text: &'a str) -> Self {
+        Self {
+            text,
+            profile: None,
+        }
+    }
+}
+
+/// Refuses the first post with an empty text.
+fn check_texts(posts: &[PostQuery]) -> Result<()> {
+    match posts.iter().position(|p| p.text.trim().is_empty()) {
+        Some(index) => Err(ModelError::EmptyText { index }.into()),
+        None => Ok(()),
+    }
+}
+
+/// A post's answer with the vectors it was answered from.
+#[derive(Debug, Clone)]
+pub(crate) struct Located {
+    answer: Answer,
+    /// The post's unit query vector.
+    query: Vec<f32>,
+    /// Its profile location's unit vector, when it had one.
+    profile: Option<Vec<f32>>,
+}
+
+impl Located {
+    fn parts(&self) -> (&Answer, &[f32], Option<&[f32]>) {
+        (&self.answer, &self.query, self.profile.as_deref())
     }
 }
 

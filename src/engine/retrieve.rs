@@ -27,13 +27,27 @@ pub struct CityScore {
     pub retrieval: f32,
     /// The population prior added to `retrieval` when ranking: `population_prior * ln(1 + population)`.
     pub prior: f32,
+    /// Cosine similarity of the author's profile location (through the location encoder) to the city's
+    /// prompt, when the post came with a profile location and the city has a prompt.
+    pub profile_similarity: Option<f32>,
+    /// What the profile adds when ranking: `profile_weight * profile_similarity` (0 without a profile).
+    pub profile_bonus: f32,
 }
 
 impl CityScore {
-    /// What the shortlist is ranked by: the retrieval score plus the population prior.
+    /// What the shortlist is ranked by: the retrieval score plus the population prior and profile bonus.
     pub fn ranking(&self) -> f32 {
-        self.retrieval + self.prior
+        self.retrieval + self.prior + self.profile_bonus
     }
+}
+
+/// A post's profile location as evidence: its unit vector and the weight of its similarity.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileEvidence<'a> {
+    /// Unit embedding of the profile location by the location encoder.
+    pub vector: &'a [f32],
+    /// `profile_weight` of the engine.
+    pub weight: f32,
 }
 
 /// `w * prompt + (1 - w) * support`, or whichever of the two exists; `None` when neither does.
@@ -60,6 +74,8 @@ pub fn score_city(query: &[f32], entry: &CityEntry, prompt_weight: f32) -> Optio
         support_similarity,
         retrieval: combine(prompt_similarity, support_similarity, prompt_weight)?,
         prior: 0.0,
+        profile_similarity: None,
+        profile_bonus: 0.0,
     })
 }
 
@@ -70,6 +86,7 @@ pub fn shortlist(
     cities: &CityCache,
     prompt_weight: f32,
     population_prior: f32,
+    profile: Option<ProfileEvidence>,
     top_k: usize,
 ) -> Vec<CityScore> {
     let mut seen = std::collections::HashSet::new();
@@ -80,6 +97,11 @@ pub fn shortlist(
         .filter_map(|entry| {
             let mut score = score_city(query, entry, prompt_weight)?;
             score.prior = population_prior * (entry.city.population as f32).ln_1p();
+            if let (Some(profile), Some(prompt)) = (profile, entry.prompt.as_deref()) {
+                let similarity = dot(profile.vector, prompt);
+                score.profile_similarity = Some(similarity);
+                score.profile_bonus = profile.weight * similarity;
+            }
             Some(score)
         })
         .collect();
@@ -92,7 +114,8 @@ pub fn shortlist(
     scored
 }
 
-/// Searches the index for the `neighbours` nearest vectors to `query` and shortlists their cities.
+/// Searches the index for the `neighbours` nearest vectors to `query` (and to the profile location's vector,
+/// when there is one: the cities it names become candidates too) and shortlists their cities.
 pub fn retrieve(
     index: &VectorIndex,
     cities: &CityCache,
@@ -100,15 +123,20 @@ pub fn retrieve(
     neighbours: usize,
     prompt_weight: f32,
     population_prior: f32,
+    profile: Option<ProfileEvidence>,
     top_k: usize,
 ) -> Result<Vec<CityScore>> {
-    let found = index.search(query, neighbours)?;
+    let mut found = index.search(query, neighbours)?;
+    if let Some(profile) = profile {
+        found.extend(index.search(profile.vector, neighbours)?);
+    }
     Ok(shortlist(
         query,
         &found,
         cities,
         prompt_weight,
         population_prior,
+        profile,
         top_k,
     ))
 }

@@ -6,11 +6,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{
-    centroids, rank_by_cosine, to_predictions, trained_rankings, MethodReport, RerankConfig,
-};
+use std::sync::Arc;
+
+use super::{centroids, rank_by_cosine, tlc_rankings, to_predictions, EvalStore, MethodReport};
 use crate::data::split::{sample_k_shot, test_posts, Split};
 use crate::data::{assign_cities, read_labelled_posts, CityPost, DataError};
+use crate::engine::{Answer, AuthorRule, EngineConfig, EngineError, PostQuery};
+use crate::eval::{Metrics, Prediction};
 use crate::geo::{CityTable, GeoError};
 use crate::model::{GeoModel, ModelError};
 use crate::train::{train, StepReport, TrainConfig, TrainError, TrainReport};
@@ -30,6 +32,12 @@ pub enum EvalError {
     /// Training failed.
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// Building or querying the evaluation store failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The evaluation store's temporary directory could not be made.
+    #[error("creating a temporary directory for the evaluation store: {0}")]
+    TempStore(std::io::Error),
     /// Nothing to evaluate.
     #[error("no test posts: check the split's ids against posts.jsonl")]
     NoTestPosts,
@@ -75,8 +83,10 @@ pub struct BenchmarkSpec {
     pub seeds: Vec<u64>,
     /// Training settings (the seed is replaced per run).
     pub train: TrainConfig,
-    /// The product rule's settings.
-    pub rerank: RerankConfig,
+    /// The query settings of the engine rule (the product's, as `locate` and `serve` use them).
+    pub engine: EngineConfig,
+    /// How the engine combines an author's posts (the author-level rows).
+    pub author_rule: AuthorRule,
     /// Evaluate on at most this many test posts per city (all when absent).
     pub max_test_per_city: Option<usize>,
     /// Evaluate this trained checkpoint instead of training one per run (its K and seed must match the
@@ -95,6 +105,101 @@ pub struct RunReport {
     pub train: TrainReport,
     /// Reports of the rules that depend on the run, by name.
     pub methods: BTreeMap<String, MethodReport>,
+    /// The engine's author-level answers, when test posts carry authors.
+    pub authors: Option<AuthorReport>,
+}
+
+/// The engine located each test author from all of their test posts ([`crate::engine::Engine::locate_authors`]).
+/// An author's true city is the one most of their test posts were written in; distances are to its centre.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuthorReport {
+    /// Every test author (`n`: authors).
+    pub authors: Metrics,
+    /// Authors with at least [`MANY_POSTS`] test posts.
+    pub authors_with_many_posts: Metrics,
+    /// The engine's per-post answers on the posts of those authors (what aggregation improves on).
+    pub their_posts: Metrics,
+}
+
+/// "Authors with many posts": at least this many test posts.
+pub const MANY_POSTS: usize = 5;
+
+impl AuthorReport {
+    fn mean(all: &[AuthorReport]) -> Option<Self> {
+        let pick =
+            |f: fn(&AuthorReport) -> &Metrics| all.iter().map(|r| f(r).clone()).collect::<Vec<_>>();
+        Some(Self {
+            authors: Metrics::mean(&pick(|r| &r.authors))?,
+            authors_with_many_posts: Metrics::mean(&pick(|r| &r.authors_with_many_posts))?,
+            their_posts: Metrics::mean(&pick(|r| &r.their_posts))?,
+        })
+    }
+}
+
+/// The author-level figures of `store`'s engine on the `test` posts that carry an author; `answers` are the
+/// engine's per-post answers to `texts` (the test posts, rendered).
+fn author_report(
+    store: &EvalStore,
+    test: &[CityPost],
+    texts: &[&str],
+    answers: &[Answer],
+    table: &crate::geo::CityTable,
+    rule: AuthorRule,
+) -> Result<Option<AuthorReport>, EvalError> {
+    let mut by_author: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, post) in test.iter().enumerate() {
+        if let Some(user) = post.post.user.as_deref().filter(|u| !u.is_empty()) {
+            by_author.entry(user).or_default().push(i);
+        }
+    }
+    if by_author.is_empty() {
+        return Ok(None);
+    }
+    let groups: Vec<&Vec<usize>> = by_author.values().collect();
+    let group_texts: Vec<Vec<PostQuery>> = groups
+        .iter()
+        .map(|g| g.iter().map(|&i| PostQuery::text(texts[i])).collect())
+        .collect();
+    let located = store.engine().locate_authors(&group_texts, rule)?;
+    let mut authors = Vec::new();
+    let mut many = Vec::new();
+    let mut their_posts = Vec::new();
+    for (posts, answer) in groups.iter().zip(&located) {
+        let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+        for &i in posts.iter() {
+            *counts.entry(test[i].city).or_default() += 1;
+        }
+        let truth = counts
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(&city, _)| city)
+            .unwrap_or_default();
+        let centre = &table.cities()[truth];
+        let prediction = Prediction {
+            truth,
+            ranked: store.ranking(&answer.answer),
+            lat: centre.lat,
+            lon: centre.lon,
+            names_city: false,
+            has_profile: false,
+        };
+        if posts.len() >= MANY_POSTS {
+            many.push(prediction.clone());
+            for &i in posts.iter() {
+                their_posts.push(Prediction {
+                    ranked: store.ranking(&answers[i]),
+                    ..super::to_predictions(&test[i..=i], vec![Vec::new()], table).remove(0)
+                });
+            }
+        }
+        authors.push(prediction);
+    }
+    let metrics = |ps: &[Prediction]| Metrics::of(&ps.iter().collect::<Vec<_>>(), table);
+    Ok(Some(AuthorReport {
+        authors: metrics(&authors),
+        authors_with_many_posts: metrics(&many),
+        their_posts: metrics(&their_posts),
+    }))
 }
 
 /// Results for one K: the mean over seeds of every rule, and each run.
@@ -104,6 +209,8 @@ pub struct ShotReport {
     pub shots: usize,
     /// Mean over seeds, by rule name (zero-shot included for comparison).
     pub methods: BTreeMap<String, MethodReport>,
+    /// Mean over seeds of the engine's author-level figures.
+    pub authors: Option<AuthorReport>,
     /// The individual runs.
     pub runs: Vec<RunReport>,
 }
@@ -124,7 +231,13 @@ pub struct BenchmarkReport {
 }
 
 /// Names of the rules, in report order.
-pub const METHODS: [&str; 4] = ["zero-shot", "centroid (frozen)", "TLC", "TLC+TLM rerank"];
+pub const METHODS: [&str; 5] = [
+    "zero-shot",
+    "centroid (frozen)",
+    "TLC",
+    "engine",
+    "engine + profile location",
+];
 
 /// Runs the protocol. `base_model` makes a fresh model from the base checkpoint each time it is called;
 /// `on_event` hears what is happening (for logs and progress).
@@ -204,7 +317,19 @@ pub fn run(
                 "K={shots} seed={seed}: trained {} steps in {:.0}s; evaluating",
                 train_report.steps, train_report.seconds
             ));
-            let trained = trained_rankings(&model, &data.cities, &test, &support, &spec.rerank)?;
+            let tlc = tlc_rankings(&model, &data.cities, &test_refs)?;
+            let store =
+                EvalStore::build(Arc::new(model), &data.cities, &support, spec.engine.clone())?;
+            let answers = store.answers(&test_refs)?;
+            let engine: Vec<Vec<usize>> = answers.iter().map(|a| store.ranking(a)).collect();
+            let authors = author_report(
+                &store,
+                &test,
+                &test_refs,
+                &answers,
+                &data.cities,
+                spec.author_rule,
+            )?;
             let mut methods = BTreeMap::new();
             methods.insert(
                 METHODS[1].to_string(),
@@ -212,23 +337,49 @@ pub fn run(
             );
             methods.insert(
                 METHODS[2].to_string(),
-                MethodReport::of(
-                    &to_predictions(&test, trained.tlc, &data.cities),
-                    &data.cities,
-                ),
+                MethodReport::of(&to_predictions(&test, tlc, &data.cities), &data.cities),
             );
             methods.insert(
                 METHODS[3].to_string(),
-                MethodReport::of(
-                    &to_predictions(&test, trained.reranked, &data.cities),
-                    &data.cities,
-                ),
+                MethodReport::of(&to_predictions(&test, engine, &data.cities), &data.cities),
             );
+            // The same engine, told each post's profile location where the post has one (not the
+            // method's own text-only setting; the slice of posts with a profile shows what it adds).
+            let with_profile: Vec<PostQuery> = test
+                .iter()
+                .zip(&test_refs)
+                .map(|(post, &text)| PostQuery {
+                    text,
+                    profile: post.post.user_location.as_deref(),
+                })
+                .collect();
+            if with_profile.iter().any(|p| p.profile.is_some()) {
+                let ranked: Vec<Vec<usize>> = store
+                    .answers_posts(&with_profile)?
+                    .iter()
+                    .map(|a| store.ranking(a))
+                    .collect();
+                methods.insert(
+                    METHODS[4].to_string(),
+                    MethodReport::of(&to_predictions(&test, ranked, &data.cities), &data.cities),
+                );
+            }
             on_event(&format!("K={shots} seed={seed}: {}", one_line(&methods)));
+            if let Some(a) = &authors {
+                on_event(&format!(
+                    "K={shots} seed={seed}: authors with >= {MANY_POSTS} posts ({}): Acc@1 {:.3} Acc@161km {:.3} (their posts one by one: {:.3} / {:.3})",
+                    a.authors_with_many_posts.n,
+                    a.authors_with_many_posts.acc1,
+                    a.authors_with_many_posts.acc161,
+                    a.their_posts.acc1,
+                    a.their_posts.acc161
+                ));
+            }
             runs.push(RunReport {
                 seed,
                 train: train_report,
                 methods,
+                authors,
             });
         }
         let mut methods = BTreeMap::new();
@@ -242,9 +393,11 @@ pub fn run(
                 methods.insert(name.to_string(), mean);
             }
         }
+        let per_seed: Vec<AuthorReport> = runs.iter().filter_map(|r| r.authors.clone()).collect();
         results.push(ShotReport {
             shots,
             methods,
+            authors: AuthorReport::mean(&per_seed),
             runs,
         });
     }
@@ -296,6 +449,39 @@ pub fn to_markdown(report: &BenchmarkReport) -> String {
                     r.unnamed.acc161
                 ));
             }
+        }
+        if let Some(a) = &shot.authors {
+            md.push_str(&format!(
+                "\nAuthors (engine, rule `{}`): one answer per test author from all of their test posts.\n\n",
+                serde_json::to_value(report.spec.author_rule)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ));
+            md.push_str("| slice | n | Acc@1 | Acc@161km | median km |\n|---|---|---|---|---|\n");
+            for (name, m) in [
+                ("all test authors".to_string(), &a.authors),
+                (
+                    format!("authors with >= {MANY_POSTS} posts"),
+                    &a.authors_with_many_posts,
+                ),
+                ("their posts, one by one".to_string(), &a.their_posts),
+            ] {
+                md.push_str(&format!(
+                    "| {name} | {} | {:.3} | {:.3} | {:.0} |\n",
+                    m.n, m.acc1, m.acc161, m.median_km
+                ));
+            }
+        }
+        if let Some(r) = shot
+            .methods
+            .get(METHODS[3])
+            .filter(|r| r.with_profile.n > 0)
+        {
+            md.push_str(&format!(
+                "\nPosts with a profile location ({} posts), engine: Acc@1 {:.3}, Acc@161km {:.3}, median km {:.0}.\n",
+                r.with_profile.n, r.with_profile.acc1, r.with_profile.acc161, r.with_profile.median_km
+            ));
         }
         let secs: Vec<String> = shot
             .runs

@@ -18,6 +18,8 @@ pub struct Prediction {
     pub lon: f64,
     /// Whether the post's text names its city.
     pub names_city: bool,
+    /// Whether the post carries its author's profile location.
+    pub has_profile: bool,
 }
 
 /// Metrics of a set of predictions.
@@ -130,6 +132,9 @@ pub struct MethodReport {
     pub macro_avg: Metrics,
     /// Micro average over the posts that do not name their city.
     pub unnamed: Metrics,
+    /// Micro average over the posts that carry a profile location.
+    #[serde(default)]
+    pub with_profile: Metrics,
 }
 
 impl MethodReport {
@@ -137,10 +142,12 @@ impl MethodReport {
     pub fn of(predictions: &[Prediction], table: &CityTable) -> Self {
         let all: Vec<&Prediction> = predictions.iter().collect();
         let unnamed: Vec<&Prediction> = predictions.iter().filter(|p| !p.names_city).collect();
+        let with_profile: Vec<&Prediction> = predictions.iter().filter(|p| p.has_profile).collect();
         Self {
             overall: Metrics::of(&all, table),
             macro_avg: Metrics::macro_of(&all, table),
             unnamed: Metrics::of(&unnamed, table),
+            with_profile: Metrics::of(&with_profile, table),
         }
     }
 
@@ -153,6 +160,7 @@ impl MethodReport {
             overall: Metrics::mean(&pick(|r| &r.overall))?,
             macro_avg: Metrics::mean(&pick(|r| &r.macro_avg))?,
             unnamed: Metrics::mean(&pick(|r| &r.unnamed))?,
+            with_profile: Metrics::mean(&pick(|r| &r.with_profile))?,
         })
     }
 }
@@ -192,6 +200,7 @@ mod tests {
             lat: c.lat,
             lon: c.lon,
             names_city,
+            has_profile: false,
         }
     }
 

@@ -3,46 +3,125 @@
 //! Four prediction rules are compared on the same test posts:
 //! - **zero-shot**: the base encoder, cosine between the post and each city's prompt;
 //! - **centroid**: the base (frozen) encoder, cosine to the mean of each city's K support posts;
-//! - **TLC**: the trained encoders, cosine to the prompts (the paper's own rule);
-//! - **TLC+TLM**: the product's rule: each city scored by its prompt similarity blended with its best support
-//!   post similarity, the top-k cities reranked by the TLM head (TLM logit + retrieval score / tau).
+//! - **TLC**: the trained encoders, cosine to the prompts (the paper's own rule), every city scored exactly;
+//! - **engine**: the product itself: a store built from the trained model, the cities and the K support posts,
+//!   queried through [`Engine::locate`] (HNSW shortlist, prompt + support blend, TLM rerank), so every figure
+//!   of this rule is a figure of what `locate` and `serve` answer.
 
 pub mod benchmark;
 pub mod metrics;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use candle_core::Tensor;
+use contrastgeo_index::SupportPost;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::data::{names_city, CityPost};
-use crate::geo::CityTable;
-use crate::model::tokenize::length_buckets;
-use crate::model::{ForwardMode, GeoModel, ModelError};
+use crate::engine::{Answer, Engine, EngineConfig, PostQuery};
+use crate::geo::{CityId, CityTable};
+use crate::model::{GeoModel, ModelError};
+pub use benchmark::EvalError;
 pub use metrics::{MethodReport, Metrics, Prediction};
 
 /// How many ranked cities each prediction keeps (Acc@5 needs 5).
 const KEEP_RANKED: usize = 10;
 
-/// Settings of the product's retrieval + rerank rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RerankConfig {
-    /// Cities reranked by the TLM head.
-    pub top_k: usize,
-    /// Weight of the prompt similarity against the best support-post similarity (1.0: prompts only).
-    pub prompt_weight: f32,
-    /// Weight of the retrieval score (over tau) added to the TLM logit; 0 ranks by the head alone.
-    pub retrieval_weight: f32,
+/// Test posts located per engine call: bounds memory and paces progress.
+const LOCATE_CHUNK: usize = 4096;
+
+/// A temporary store of the benchmark's cities and support posts, served by the product's [`Engine`].
+pub struct EvalStore {
+    engine: Engine,
+    position_of: HashMap<CityId, usize>,
+    /// Removed (with the store) when the evaluation store is dropped.
+    _dir: tempfile::TempDir,
 }
 
-impl Default for RerankConfig {
-    fn default() -> Self {
-        Self {
-            top_k: 10,
-            prompt_weight: 0.9,
-            retrieval_weight: 1.0,
-        }
+impl EvalStore {
+    /// Builds the store for `model` from every city of `table` and the `support` posts (rendered as the model
+    /// reads posts), and opens an engine on it with `config`.
+    pub fn build(
+        model: Arc<GeoModel>,
+        table: &CityTable,
+        support: &[CityPost],
+        config: EngineConfig,
+    ) -> Result<Self, EvalError> {
+        config.validate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("contrastgeo-eval-")
+            .tempdir()
+            .map_err(EvalError::TempStore)?;
+        let store = dir.path().join("store");
+        let post_input = model.config().post_input;
+        let supports: Vec<SupportPost> = support
+            .iter()
+            .map(|p| SupportPost {
+                text: post_input.render(&p.post),
+                city: table.cities()[p.city].id,
+                source: "benchmark support".into(),
+            })
+            .collect();
+        Engine::build_index(&store, &model, table.cities(), &supports, &config, &|_| {})?;
+        let engine = Engine::open(&store, model, config)?;
+        let position_of = table
+            .cities()
+            .iter()
+            .enumerate()
+            .map(|(position, city)| (city.id, position))
+            .collect();
+        Ok(Self {
+            engine,
+            position_of,
+            _dir: dir,
+        })
     }
+
+    /// The engine serving the store.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The engine's answers for `texts`, in order.
+    pub fn answers(&self, texts: &[&str]) -> Result<Vec<Answer>, EvalError> {
+        let posts: Vec<PostQuery> = texts.iter().map(|&t| PostQuery::text(t)).collect();
+        self.answers_posts(&posts)
+    }
+
+    /// The engine's answers for `posts` (with their profile locations), in order.
+    pub fn answers_posts(&self, posts: &[PostQuery]) -> Result<Vec<Answer>, EvalError> {
+        let mut answers = Vec::with_capacity(posts.len());
+        for chunk in posts.chunks(LOCATE_CHUNK) {
+            answers.extend(self.engine.locate_posts(chunk)?);
+        }
+        Ok(answers)
+    }
+
+    /// Table positions of an answer's shortlist, best first.
+    pub fn ranking(&self, answer: &Answer) -> Vec<usize> {
+        answer
+            .top_k
+            .iter()
+            .filter_map(|c| self.position_of.get(&c.city_id).copied())
+            .collect()
+    }
+
+    /// Table position of a city id of the store.
+    pub fn position(&self, city: CityId) -> Option<usize> {
+        self.position_of.get(&city).copied()
+    }
+}
+
+/// The TLC rule's rankings: each of `texts` by cosine to every city prompt of `table` under `model`.
+pub fn tlc_rankings(
+    model: &GeoModel,
+    table: &CityTable,
+    texts: &[&str],
+) -> Result<Vec<Vec<usize>>, ModelError> {
+    let cities: Vec<&crate::geo::City> = table.cities().iter().collect();
+    let city_vectors = model.city_vectors(&cities)?;
+    rank_by_cosine(&model.post_encoder().embed(texts)?, &city_vectors)
 }
 
 /// Indices of the `keep` largest values, best first.
@@ -115,133 +194,11 @@ pub fn to_predictions(
                 lat: post.post.lat.unwrap_or(city.lat),
                 lon: post.post.lon.unwrap_or(city.lon),
                 names_city: names_city(&post.post.text, city),
-            }
-        })
-        .collect()
-}
-
-/// One post's rankings within a bucket: by prompt cosine, and by the blended retrieval + rerank.
-type BucketRanking = (Vec<usize>, Vec<usize>);
-
-/// Rankings of a trained model: by prompt cosine (TLC) and by the product's blended retrieval + TLM rerank.
-pub struct TrainedRankings {
-    /// TLC rule.
-    pub tlc: Vec<Vec<usize>>,
-    /// TLC+TLM rule.
-    pub reranked: Vec<Vec<usize>>,
-}
-
-/// Ranks `test` posts with a trained model over all cities of `table`, using `support` posts for the blend.
-pub fn trained_rankings(
-    model: &GeoModel,
-    table: &CityTable,
-    test: &[CityPost],
-    support: &[CityPost],
-    config: &RerankConfig,
-) -> Result<TrainedRankings, ModelError> {
-    let encoder = model.post_encoder();
-    let render = |p: &CityPost| model.config().post_input.render(&p.post);
-    let cities: Vec<&crate::geo::City> = table.cities().iter().collect();
-    let encoded_cities = model.encode_cities(&cities, ForwardMode::Inference)?;
-    let support_texts: Vec<String> = support.iter().map(render).collect();
-    let support_refs: Vec<&str> = support_texts.iter().map(String::as_str).collect();
-    let support_matrix = rows_tensor(&encoder.embed(&support_refs)?, model.device())?;
-    let support_city: Vec<usize> = support.iter().map(|p| p.city).collect();
-    let tau = model.config().tau as f32;
-    let use_head = model.config().head_trained;
-
-    let texts: Vec<String> = test.iter().map(render).collect();
-    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let ids = encoder.tokenizer().tokenize(&text_refs)?;
-    let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
-    let settings = encoder.settings();
-    let buckets = length_buckets(&lengths, settings.batch_size, settings.max_batch_tokens);
-    let ranked: Vec<(Vec<usize>, Vec<BucketRanking>)> = buckets
-        .into_par_iter()
-        .map(|bucket| {
-            let refs: Vec<&[u32]> = bucket.iter().map(|&i| ids[i].as_slice()).collect();
-            let batch = encoder.tokenizer().batch(&refs, model.device())?;
-            let posts = encoder.encode_batch(&batch, ForwardMode::Inference)?;
-            let prompt_sims = posts
-                .pooled
-                .matmul(&encoded_cities.pooled.t()?)?
-                .to_vec2::<f32>()?;
-            let support_sims = if support.is_empty() {
-                vec![Vec::new(); bucket.len()]
-            } else {
-                posts
-                    .pooled
-                    .matmul(&support_matrix.t()?)?
-                    .to_vec2::<f32>()?
-            };
-            let mut rows = Vec::with_capacity(bucket.len());
-            let (mut post_rows, mut city_rows, mut retrieval) =
-                (Vec::new(), Vec::new(), Vec::new());
-            for (row, (prompt, supports)) in prompt_sims.iter().zip(&support_sims).enumerate() {
-                let blended = blend(prompt, supports, &support_city, config.prompt_weight);
-                let candidates = top_indices(&blended, config.top_k.max(1));
-                for &c in &candidates {
-                    post_rows.push(row as u32);
-                    city_rows.push(c as u32);
-                    retrieval.push(blended[c]);
-                }
-                rows.push((top_indices(prompt, KEEP_RANKED), candidates));
-            }
-            if use_head {
-                let logits = model
-                    .match_logits(
-                        &posts,
-                        &post_rows,
-                        &encoded_cities,
-                        &city_rows,
-                        ForwardMode::Inference,
-                    )?
-                    .to_vec1::<f32>()?;
-                for (row, (_, candidates)) in rows.iter_mut().enumerate() {
-                    let k = candidates.len();
-                    let base = row * k;
-                    let final_scores: Vec<f32> = (0..k)
-                        .map(|j| {
-                            logits[base + j] + config.retrieval_weight * retrieval[base + j] / tau
-                        })
-                        .collect();
-                    let order = top_indices(&final_scores, k);
-                    *candidates = order.into_iter().map(|j| candidates[j]).collect();
-                }
-            }
-            Ok((bucket, rows))
-        })
-        .collect::<Result<_, ModelError>>()?;
-    let mut tlc = vec![Vec::new(); test.len()];
-    let mut reranked = vec![Vec::new(); test.len()];
-    for (bucket, rows) in ranked {
-        for (index, (by_prompt, by_rerank)) in bucket.into_iter().zip(rows) {
-            tlc[index] = by_prompt;
-            reranked[index] = by_rerank;
-        }
-    }
-    Ok(TrainedRankings { tlc, reranked })
-}
-
-/// Per city: `w * prompt + (1 - w) * best support similarity`; cities without support keep the prompt score.
-pub fn blend(
-    prompt: &[f32],
-    supports: &[f32],
-    support_city: &[usize],
-    prompt_weight: f32,
-) -> Vec<f32> {
-    let mut best = vec![f32::NEG_INFINITY; prompt.len()];
-    for (&sim, &city) in supports.iter().zip(support_city) {
-        best[city] = best[city].max(sim);
-    }
-    prompt
-        .iter()
-        .zip(&best)
-        .map(|(&p, &s)| {
-            if s.is_finite() {
-                prompt_weight * p + (1.0 - prompt_weight) * s
-            } else {
-                p
+                has_profile: post
+                    .post
+                    .user_location
+                    .as_deref()
+                    .is_some_and(|l| !l.trim().is_empty()),
             }
         })
         .collect()
@@ -250,13 +207,6 @@ pub fn blend(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blend_uses_the_best_support_and_keeps_prompt_only_cities() {
-        let blended = blend(&[0.2, 0.4, 0.6], &[0.9, 0.1, 0.5], &[0, 0, 1], 0.5);
-        assert_eq!(blended, vec![0.55, 0.45, 0.6]);
-        assert_eq!(top_indices(&blended, 2), vec![2, 0]);
-    }
 
     #[test]
     fn centroids_are_unit_means_per_city() {

@@ -369,6 +369,9 @@ impl From<EngineError> for ApiError {
             EngineError::Model(ModelError::EmptyText { .. }) => {
                 Self::invalid("text", "the text is empty or whitespace only")
             }
+            EngineError::EmptyAuthor { .. } => {
+                Self::invalid("posts", "an author needs at least one post")
+            }
             EngineError::Busy(detail) => Self::Conflict { detail },
             error @ (EngineError::StoreBusy { .. } | EngineError::DuplicateCity(_)) => {
                 Self::Conflict {
