@@ -82,6 +82,14 @@ pub struct EngineArgs {
     /// candidate's similarity as weight * cosine(profile, city prompt); 0 ignores profiles.
     #[arg(long, env = "CONTRASTGEO_PROFILE_WEIGHT", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().profile_weight)]
     pub profile_weight: f32,
+    /// Answer a gazetteer neighbourhood or suburb (no support posts, within this many km of a city at least
+    /// 5 times as populous) as that city; 0 keeps them apart.
+    #[arg(long, env = "CONTRASTGEO_COLLAPSE_KM", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().collapse_km)]
+    pub collapse_km: f32,
+    /// Abstain (`"city": null`, best guess still shown) when the answer's probability is below this, in
+    /// [0, 1] [default: the world store's tuned threshold on the zero-shot world store, 0 on yours].
+    #[arg(long, env = "CONTRASTGEO_MIN_CONFIDENCE", value_parser = flags::unit_interval_f32)]
+    pub min_confidence: Option<f32>,
 }
 
 impl EngineArgs {
@@ -96,6 +104,8 @@ impl EngineArgs {
             evidence: self.evidence,
             population_prior: self.population_prior.unwrap_or(0.0),
             profile_weight: self.profile_weight,
+            collapse_km: self.collapse_km,
+            min_confidence: self.min_confidence.unwrap_or(0.0),
         }
     }
 
@@ -106,6 +116,9 @@ impl EngineArgs {
         let mut config = self.config();
         if store.is_none() && self.population_prior.is_none() {
             config.population_prior = crate::engine::WORLD_POPULATION_PRIOR;
+        }
+        if store.is_none() && self.min_confidence.is_none() {
+            config.min_confidence = crate::engine::WORLD_MIN_CONFIDENCE;
         }
         config
     }
@@ -455,6 +468,7 @@ mod tests {
 
     fn answer(name: &str, admin1: Option<&str>) -> Answer {
         Answer {
+            city: Some(format!("{name}, United States")),
             city_id: 4853828,
             name: name.into(),
             admin1: admin1.map(Into::into),

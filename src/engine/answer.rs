@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::snapshot::CityCache;
 use crate::geo::{City, CityId};
 use contrastgeo_index::PostId;
 
@@ -51,6 +52,10 @@ pub struct Evidence {
 /// Where a post was most likely written, with the shortlist and evidence behind the guess.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Answer {
+    /// "Name, region, country" of the answered city, or `null` when the engine abstains: the answer's
+    /// `probability` (its confidence) is below the engine's `min_confidence`. The best guess and the
+    /// shortlist are still given in full.
+    pub city: Option<String>,
     /// GeoNames id of the answered city.
     pub city_id: CityId,
     /// City name.
@@ -107,11 +112,75 @@ pub fn rank(candidates: &mut [Candidate]) {
     }
 }
 
+/// "Name, region, country".
+fn label(c: &Candidate) -> String {
+    let mut parts = vec![c.name.as_str()];
+    parts.extend(
+        c.admin1
+            .as_deref()
+            .filter(|a| !a.is_empty() && *a != c.name),
+    );
+    parts.push(c.country.as_str());
+    parts.join(", ")
+}
+
+/// Answers a neighbourhood-like candidate as the city it belongs to (see [`CityCache::collapses_into`]):
+/// its candidate takes that city's name and place, and candidates that end up as the same city are merged
+/// (probabilities added; scores and similarities are those of the best-ranked one). Re-sorted by probability.
+pub fn collapse(candidates: &mut Vec<Candidate>, cities: &CityCache, radius_km: f32) {
+    if radius_km <= 0.0 {
+        return;
+    }
+    let mut merged: Vec<Candidate> = Vec::with_capacity(candidates.len());
+    for mut candidate in candidates.drain(..) {
+        let mut root = candidate.city_id;
+        // A suburb of a suburb: follow a few steps up.
+        for _ in 0..4 {
+            match cities.collapses_into(root, radius_km) {
+                Some(parent) if parent != root => root = parent,
+                _ => break,
+            }
+        }
+        if let Some(existing) = merged.iter_mut().find(|m| m.city_id == root) {
+            existing.probability += candidate.probability;
+            continue;
+        }
+        if root != candidate.city_id {
+            if let Some(parent) = cities.get(root) {
+                let city = &parent.city;
+                candidate.city_id = city.id;
+                candidate.name = city.name.clone();
+                candidate.admin1 = city.admin1.clone();
+                candidate.country = city.country.clone();
+                candidate.lat = city.lat;
+                candidate.lon = city.lon;
+            }
+        }
+        merged.push(candidate);
+    }
+    merged.sort_by(|a, b| {
+        b.probability
+            .total_cmp(&a.probability)
+            .then(b.score.total_cmp(&a.score))
+            .then(a.city_id.cmp(&b.city_id))
+    });
+    *candidates = merged;
+}
+
 impl Answer {
+    /// Withholds the city label when the answer's confidence is below `min_confidence`.
+    pub(crate) fn abstain_below(mut self, min_confidence: f32) -> Self {
+        if self.probability < min_confidence {
+            self.city = None;
+        }
+        self
+    }
+
     /// The answer for a ranked, non-empty shortlist.
     pub(crate) fn from_ranked(top_k: Vec<Candidate>, evidence: Vec<Evidence>) -> Option<Self> {
         let best = top_k.first()?.clone();
         Some(Self {
+            city: Some(label(&best)),
             city_id: best.city_id,
             name: best.name,
             admin1: best.admin1,

@@ -80,6 +80,7 @@ pub(crate) struct Scoring<'a> {
     pub prompt_weight: f32,
     pub population_prior: f32,
     pub profile_weight: f32,
+    pub min_confidence: f32,
     pub tau: f32,
     pub top_k: usize,
 }
@@ -192,7 +193,7 @@ pub(crate) fn aggregate(
         .map(|a| a.evidence.clone())
         .unwrap_or_default();
     Some(AuthorAnswer {
-        answer: Answer::from_ranked(candidates, evidence)?,
+        answer: Answer::from_ranked(candidates, evidence)?.abstain_below(scoring.min_confidence),
         posts_used: posts.len(),
         weighing_posts: weighing,
     })

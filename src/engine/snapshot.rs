@@ -52,6 +52,9 @@ pub struct CityCache {
     /// `(lowercase name, population, id)` sorted by name, then larger population first, then id; built on the
     /// first name search.
     names: OnceLock<Vec<(String, u64, CityId)>>,
+    /// The city each neighbourhood-like gazetteer entry collapses into (see [`CityCache::collapses_into`]),
+    /// per collapse radius in metres; built on first use.
+    parents: OnceLock<(u32, HashMap<CityId, CityId>)>,
 }
 
 impl CityCache {
@@ -98,6 +101,7 @@ impl CityCache {
                 .map(|(id, e)| (id, Arc::new(e)))
                 .collect(),
             names: OnceLock::new(),
+            parents: OnceLock::new(),
         })
     }
 
@@ -133,7 +137,86 @@ impl CityCache {
         Self {
             entries,
             names: OnceLock::new(),
+            parents: OnceLock::new(),
         }
+    }
+
+    /// The city `id` is answered as: a gazetteer entry without support posts that lies within `radius_km`
+    /// of a city at least [`COLLAPSE_POPULATION_RATIO`] times as populous is a neighbourhood or suburb of it
+    /// (GeoNames lists "Chicago Loop" and "Logan Square" beside Chicago), and is answered as that city (the
+    /// most populous one in reach). A city with support posts was labelled on purpose and never collapses.
+    /// `None` when `id` stands for itself.
+    pub fn collapses_into(&self, id: CityId, radius_km: f32) -> Option<CityId> {
+        if radius_km <= 0.0 {
+            return None;
+        }
+        let metres = (radius_km * 1000.0) as u32;
+        let (built_for, parents) = self
+            .parents
+            .get_or_init(|| (metres, self.neighbourhood_parents(f64::from(radius_km))));
+        if *built_for != metres {
+            // Another radius than the one cached (only when engines with different settings share a
+            // snapshot): compute this one city's parent directly.
+            return self.parent_of(id, f64::from(radius_km));
+        }
+        parents.get(&id).copied()
+    }
+
+    fn parent_of(&self, id: CityId, radius_km: f64) -> Option<CityId> {
+        let entry = self.entries.get(&id)?;
+        if !entry.supports.is_empty() {
+            return None;
+        }
+        let city = &entry.city;
+        self.entries
+            .values()
+            .map(|e| &e.city)
+            .filter(|p| is_parent(p, city, radius_km))
+            .max_by(|a, b| a.population.cmp(&b.population).then(b.id.cmp(&a.id)))
+            .map(|p| p.id)
+    }
+
+    /// Every collapsing city's parent, found through a grid of cells about `radius_km` wide.
+    fn neighbourhood_parents(&self, radius_km: f64) -> HashMap<CityId, CityId> {
+        let cell_deg = (radius_km / 111.0).max(0.01);
+        let cell = |lat: f64, lon: f64| {
+            (
+                (lat / cell_deg).floor() as i64,
+                (lon / cell_deg).floor() as i64,
+            )
+        };
+        let mut grid: HashMap<(i64, i64), Vec<&City>> = HashMap::new();
+        for e in self.entries.values() {
+            grid.entry(cell(e.city.lat, e.city.lon))
+                .or_default()
+                .push(&e.city);
+        }
+        let mut parents = HashMap::new();
+        for e in self.entries.values().filter(|e| e.supports.is_empty()) {
+            let city = &e.city;
+            let (row, col) = cell(city.lat, city.lon);
+            // Longitude cells shrink towards the poles: look further east and west there.
+            let span = (1.0 / city.lat.to_radians().cos().max(0.05)).ceil() as i64;
+            let mut best: Option<&City> = None;
+            for r in row - 1..=row + 1 {
+                for c in col - span..=col + span {
+                    for &p in grid.get(&(r, c)).into_iter().flatten() {
+                        if is_parent(p, city, radius_km)
+                            && best.is_none_or(|b| {
+                                (p.population, std::cmp::Reverse(p.id))
+                                    > (b.population, std::cmp::Reverse(b.id))
+                            })
+                        {
+                            best = Some(p);
+                        }
+                    }
+                }
+            }
+            if let Some(parent) = best {
+                parents.insert(city.id, parent.id);
+            }
+        }
+        parents
     }
 
     /// The city with this id and its vectors.
@@ -182,6 +265,16 @@ impl CityCache {
             .take(limit)
             .collect()
     }
+}
+
+/// How many times as populous a city must be to absorb a gazetteer entry within the collapse radius.
+pub const COLLAPSE_POPULATION_RATIO: u64 = 5;
+
+/// Whether `parent` absorbs `city` (see [`CityCache::collapses_into`]).
+fn is_parent(parent: &City, city: &City, radius_km: f64) -> bool {
+    parent.id != city.id
+        && parent.population >= COLLAPSE_POPULATION_RATIO * city.population.max(1)
+        && crate::geo::haversine_km(parent.lat, parent.lon, city.lat, city.lon) <= radius_km
 }
 
 /// The model, the index built with it, and the city cache: one immutable generation of the query path.
@@ -307,7 +400,49 @@ mod tests {
                 })
                 .collect(),
             names: OnceLock::new(),
+            parents: OnceLock::new(),
         }
+    }
+
+    fn at(mut c: City, lat: f64, lon: f64) -> City {
+        c.lat = lat;
+        c.lon = lon;
+        c
+    }
+
+    #[test]
+    fn neighbourhoods_collapse_into_the_big_city_nearby_but_labelled_and_distant_ones_do_not() {
+        let plain = cache(&[
+            at(city(1, "Chicago", 2_700_000), 41.850, -87.650),
+            at(city(2, "Chicago Loop", 30_000), 41.884, -87.632),
+            at(city(3, "Evanston", 75_000), 42.041, -87.690),
+            at(city(4, "Aurora", 200_000), 41.760, -88.320),
+            at(city(5, "Cicero", 84_000), 41.845, -87.754),
+        ]);
+        // Within 10 km and 5x smaller: collapses. Evanston (22 km) and Aurora (56 km) stand alone; so does
+        // Chicago itself.
+        assert_eq!(plain.collapses_into(2, 10.0), Some(1));
+        assert_eq!(plain.collapses_into(5, 10.0), Some(1));
+        assert_eq!(plain.collapses_into(3, 10.0), None);
+        assert_eq!(plain.collapses_into(4, 10.0), None);
+        assert_eq!(plain.collapses_into(1, 10.0), None);
+        assert_eq!(plain.collapses_into(3, 0.0), None, "0 switches it off");
+        // Another radius than the cached one is answered too.
+        assert_eq!(plain.collapses_into(3, 30.0), Some(1));
+        // A city with support posts was labelled on purpose.
+        let labelled = plain.with_additions(
+            &[],
+            Vec::new(),
+            vec![(
+                2,
+                SupportVector {
+                    post: 9,
+                    vector: vec![1.0],
+                },
+            )],
+        );
+        assert_eq!(labelled.collapses_into(2, 10.0), None);
+        assert_eq!(labelled.collapses_into(5, 10.0), Some(1));
     }
 
     #[test]

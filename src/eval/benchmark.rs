@@ -119,6 +119,9 @@ pub struct AuthorReport {
     pub authors_with_many_posts: Metrics,
     /// The engine's per-post answers on the posts of those authors (what aggregation improves on).
     pub their_posts: Metrics,
+    /// Authors with many posts again, the engine also told each post's profile location where it has one.
+    #[serde(default)]
+    pub with_profile: Metrics,
 }
 
 /// "Authors with many posts": at least this many test posts.
@@ -132,6 +135,7 @@ impl AuthorReport {
             authors: Metrics::mean(&pick(|r| &r.authors))?,
             authors_with_many_posts: Metrics::mean(&pick(|r| &r.authors_with_many_posts))?,
             their_posts: Metrics::mean(&pick(|r| &r.their_posts))?,
+            with_profile: Metrics::mean(&pick(|r| &r.with_profile))?,
         })
     }
 }
@@ -161,6 +165,23 @@ fn author_report(
         .map(|g| g.iter().map(|&i| PostQuery::text(texts[i])).collect())
         .collect();
     let located = store.engine().locate_authors(&group_texts, rule)?;
+    let many_with_profile: Vec<Vec<PostQuery>> = groups
+        .iter()
+        .filter(|g| g.len() >= MANY_POSTS)
+        .map(|g| {
+            g.iter()
+                .map(|&i| PostQuery {
+                    text: texts[i],
+                    profile: test[i].post.user_location.as_deref(),
+                })
+                .collect()
+        })
+        .collect();
+    let mut located_with_profile = store
+        .engine()
+        .locate_authors(&many_with_profile, rule)?
+        .into_iter();
+    let mut with_profile = Vec::new();
     let mut authors = Vec::new();
     let mut many = Vec::new();
     let mut their_posts = Vec::new();
@@ -184,6 +205,12 @@ fn author_report(
             has_profile: false,
         };
         if posts.len() >= MANY_POSTS {
+            if let Some(answer) = located_with_profile.next() {
+                with_profile.push(Prediction {
+                    ranked: store.ranking(&answer.answer),
+                    ..prediction.clone()
+                });
+            }
             many.push(prediction.clone());
             for &i in posts.iter() {
                 their_posts.push(Prediction {
@@ -199,6 +226,7 @@ fn author_report(
         authors: metrics(&authors),
         authors_with_many_posts: metrics(&many),
         their_posts: metrics(&their_posts),
+        with_profile: metrics(&with_profile),
     }))
 }
 
@@ -466,6 +494,10 @@ pub fn to_markdown(report: &BenchmarkReport) -> String {
                     &a.authors_with_many_posts,
                 ),
                 ("their posts, one by one".to_string(), &a.their_posts),
+                (
+                    format!("authors with >= {MANY_POSTS} posts, with profile location"),
+                    &a.with_profile,
+                ),
             ] {
                 md.push_str(&format!(
                     "| {name} | {} | {:.3} | {:.3} | {:.0} |\n",
