@@ -17,7 +17,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use contrastgeo::data::{read_labelled_posts, LabelledPost};
-use contrastgeo::engine::{Engine, EngineConfig, LiveStore};
+use contrastgeo::engine::{AuthorRule, Engine, EngineConfig, LiveStore, PostQuery};
 use contrastgeo::geo::CityTable;
 use contrastgeo::model::GeoModel;
 use contrastgeo::server::api::LocatedPost;
@@ -560,6 +560,95 @@ fn a_batch_answers_its_good_posts_and_gives_each_bad_post_its_own_problem() {
     assert_eq!(all_bad.status, 200);
     let results = all_bad.json()["results"].as_array().unwrap().clone();
     assert!(results.iter().all(|r| r["status"] == 422));
+}
+
+#[test]
+fn a_batch_grouped_by_user_answers_each_author_like_the_engine() {
+    let base = shared();
+    let queries = &store().queries;
+    let body = json!({"group_by": "user", "posts": [
+        {"text": queries[0].text, "user": "ann"},
+        {"text": queries[1].text, "user": "bob", "user_location": "Toronto, Ontario"},
+        {"text": queries[2].text, "user": "ann"},
+        {"text": queries[3].text},
+        {"text": "", "user": "bob"},
+    ]});
+    let reply = post_json(base, "/v1/locate", &body);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer = reply.json();
+    let authors = answer["authors"].as_array().unwrap();
+    assert_eq!(authors.len(), 2, "{answer}");
+    assert_eq!(
+        (authors[0]["user"].as_str(), authors[1]["user"].as_str()),
+        (Some("ann"), Some("bob"))
+    );
+    assert_eq!(authors[0]["posts"], json!([0, 2]));
+    assert_eq!(authors[1]["posts"], json!([1]));
+    // The same aggregate the engine gives for those posts.
+    let expected = store()
+        .reference
+        .locate_authors(
+            &[
+                vec![
+                    PostQuery::text(&queries[0].text),
+                    PostQuery::text(&queries[2].text),
+                ],
+                vec![PostQuery {
+                    text: &queries[1].text,
+                    profile: Some("Toronto, Ontario"),
+                }],
+            ],
+            AuthorRule::default(),
+        )
+        .unwrap();
+    for (author, expected) in authors.iter().zip(&expected) {
+        assert_eq!(author["city_id"], expected.answer.city_id, "{author}");
+        assert_eq!(author["posts_used"], expected.posts_used, "{author}");
+    }
+    // The post without a user and the empty one are refused by position; the others were used.
+    let problems = answer["problems"].as_array().unwrap();
+    let refused: Vec<(u64, &str)> = problems
+        .iter()
+        .map(|p| (p["index"].as_u64().unwrap(), p["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(refused, [(3, "posts[3].user"), (4, "posts[4].text")]);
+    // An unknown grouping is a 400 naming the field.
+    let bad = post_json(
+        base,
+        "/v1/locate",
+        &json!({"group_by": "city", "posts": [{"text": "hi"}]}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.json()["field"], "group_by");
+}
+
+#[test]
+fn a_profile_location_is_evidence_over_http_too() {
+    let base = shared();
+    let text = "what a lovely quiet afternoon";
+    let reply = post_json(
+        base,
+        "/v1/locate",
+        &json!({"text": text, "user_location": "Toronto, Ontario"}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let expected = store()
+        .reference
+        .locate_posts(&[PostQuery {
+            text,
+            profile: Some("Toronto, Ontario"),
+        }])
+        .unwrap()
+        .remove(0);
+    assert_eq!(reply.json()["city_id"], expected.city_id);
+    assert_eq!(expected.name, "Toronto");
+    let long = post_json(
+        base,
+        "/v1/locate",
+        &json!({"text": text, "user_location": "é".repeat(501)}),
+    );
+    assert_eq!(long.status, 422, "{}", long.body);
+    assert_eq!(long.json()["field"], "user_location");
 }
 
 #[test]

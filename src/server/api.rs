@@ -12,7 +12,7 @@ use actix_web::http::header::{self, HeaderMap};
 use serde::{Deserialize, Serialize};
 
 use super::problem::{ApiError, Problem};
-use crate::engine::Answer;
+use crate::engine::{Answer, AuthorAnswer};
 use crate::geo::City;
 
 /// The limits a request body is checked against.
@@ -39,6 +39,13 @@ pub struct LocateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub top_k: Option<usize>,
+    /// The author's free-text profile location ("Austin, TX"), when known: evidence beside the text (the
+    /// engine's `profile_weight`); at most the configured number of characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_location: Option<String>,
+    /// The author (an opaque id): a batch with `"group_by": "user"` answers once per author.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// The body of a batch `POST /v1/locate`.
@@ -48,6 +55,41 @@ pub struct BatchLocateRequest {
     /// The posts, at most the configured batch limit.
     #[schemars(length(min = 1))]
     pub posts: Vec<LocateRequest>,
+    /// `"user"`: answer once per author (each post then needs its `user`) with an
+    /// [`AuthorsLocateResponse`], instead of once per post.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<GroupBy>,
+}
+
+/// What a batch can be grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// The post's `user`.
+    User,
+}
+
+/// One author's answer in an [`AuthorsLocateResponse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LocatedAuthor {
+    /// The author.
+    pub user: String,
+    /// Positions in the request's `posts` of the author's posts (`weighing_posts[].index` counts within
+    /// this list).
+    pub posts: Vec<usize>,
+    /// The answer from all of the author's posts.
+    #[serde(flatten)]
+    pub answer: AuthorAnswer,
+}
+
+/// The answer to a batch with `"group_by": "user"`: one entry per author (in order of first appearance), and
+/// the problems of the posts that could not be used (with their `index`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AuthorsLocateResponse {
+    /// One answer per author.
+    pub authors: Vec<LocatedAuthor>,
+    /// The refused posts; the others were used.
+    pub problems: Vec<Problem>,
 }
 
 /// The body of `POST /v1/locate`: one post, or a batch of posts.
@@ -67,6 +109,8 @@ pub enum ParsedLocate {
     Single(LocateRequest),
     /// The posts of a batch, each valid or with its own error.
     Batch(Vec<Result<LocateRequest, ApiError>>),
+    /// The posts of a batch to answer per author (each valid post has a `user`).
+    ByAuthor(Vec<Result<LocateRequest, ApiError>>),
 }
 
 /// The answer for one post: the `locate` command's record without its input `line`, with the request's `id`.
@@ -101,6 +145,8 @@ pub struct BatchLocateResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum LocateReply {
+    /// The answer to a batch grouped by author.
+    Authors(AuthorsLocateResponse),
     /// The answer to a batch.
     Batch(BatchLocateResponse),
     /// The answer to one post.
@@ -244,10 +290,17 @@ pub fn parse_locate(body: &[u8], limits: &RequestLimits) -> Result<ParsedLocate,
         let post = typed::<LocateRequest>(serde_json::Value::Object(object), "")?;
         return validate(post, "", limits).map(ParsedLocate::Single);
     };
+    let group_by = match object.remove("group_by") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(value) => Some(
+            serde_json::from_value::<GroupBy>(value)
+                .map_err(|e| ApiError::wrong_type("group_by", e.to_string()))?,
+        ),
+    };
     if let Some(other) = object.keys().next() {
         return Err(ApiError::wrong_type(
             other.as_str(),
-            "a batch takes only `posts` (each post has its own `id` and `top_k`)",
+            "a batch takes only `posts` and `group_by` (each post has its own `id` and `top_k`)",
         ));
     }
     let serde_json::Value::Array(posts) = posts else {
@@ -269,16 +322,27 @@ pub fn parse_locate(body: &[u8], limits: &RequestLimits) -> Result<ParsedLocate,
             ),
         ));
     }
-    Ok(ParsedLocate::Batch(
-        posts
-            .into_iter()
-            .enumerate()
-            .map(|(i, post)| {
-                let at = format!("posts[{i}].");
-                typed::<LocateRequest>(post, &at).and_then(|post| validate(post, &at, limits))
-            })
-            .collect(),
-    ))
+    let posts = posts.into_iter().enumerate().map(|(i, post)| {
+        let at = format!("posts[{i}].");
+        typed::<LocateRequest>(post, &at).and_then(|post| validate(post, &at, limits))
+    });
+    Ok(match group_by {
+        None => ParsedLocate::Batch(posts.collect()),
+        Some(GroupBy::User) => ParsedLocate::ByAuthor(
+            posts
+                .enumerate()
+                .map(|(i, post)| {
+                    post.and_then(|post| match post.user.as_deref().map(str::trim) {
+                        Some(user) if !user.is_empty() => Ok(post),
+                        _ => Err(ApiError::invalid(
+                            format!("posts[{i}].user"),
+                            "with \"group_by\": \"user\" every post needs its `user`",
+                        )),
+                    })
+                })
+                .collect(),
+        ),
+    })
 }
 
 /// Deserializes `value`, naming the field at fault (prefixed by `at`) in the error.
@@ -333,6 +397,18 @@ fn validate(
                 limits.max_text_chars
             ),
         ));
+    }
+    if let Some(location) = &post.user_location {
+        let chars = location.chars().count();
+        if chars > limits.max_text_chars {
+            return Err(ApiError::invalid(
+                format!("{at}user_location"),
+                format!(
+                    "the profile location has {chars} characters; the limit is {}",
+                    limits.max_text_chars
+                ),
+            ));
+        }
     }
     if let Some(top_k) = post.top_k {
         if !(1..=limits.max_top_k).contains(&top_k) {
@@ -393,6 +469,8 @@ mod tests {
                 text: "hi there".into(),
                 id: Some(serde_json::json!(7)),
                 top_k: Some(2),
+                user_location: None,
+                user: None,
             })
         );
     }

@@ -57,7 +57,7 @@ pub enum SubmitError {
 /// Why a queued job got no results.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError<E> {
-    /// The work function refused the job's texts.
+    /// The work function refused the job's posts.
     #[error(transparent)]
     Failed(E),
     /// The work function panicked or returned a wrong number of results: a bug, reported rather than hung.
@@ -67,6 +67,18 @@ pub enum BatchError<E> {
 
 /// What a job's receiver yields: one result per submitted text, in order.
 pub type JobResult<R, E> = Result<Vec<R>, BatchError<E>>;
+
+/// What the queue holds: anything that can say how many characters of text it brings to a batch.
+pub trait Weighed {
+    /// Characters counted against the batch's character budget.
+    fn chars(&self) -> usize;
+}
+
+impl Weighed for String {
+    fn chars(&self) -> usize {
+        str::chars(self).count()
+    }
+}
 
 /// Hooks for metrics; every method has a no-op default.
 pub trait BatchObserver: Send + Sync {
@@ -81,40 +93,40 @@ pub struct NoObserver;
 
 impl BatchObserver for NoObserver {}
 
-struct Job<R, E> {
-    texts: Vec<String>,
+struct Job<I, R, E> {
+    items: Vec<I>,
     chars: usize,
     enqueued: Instant,
     reply: oneshot::Sender<JobResult<R, E>>,
 }
 
-struct Queue<R, E> {
-    jobs: VecDeque<Job<R, E>>,
+struct Queue<I, R, E> {
+    jobs: VecDeque<Job<I, R, E>>,
     posts: usize,
     closed: bool,
 }
 
-struct Shared<R, E> {
-    queue: Mutex<Queue<R, E>>,
+struct Shared<I, R, E> {
+    queue: Mutex<Queue<I, R, E>>,
     arrived: Condvar,
     config: BatcherConfig,
     observer: Arc<dyn BatchObserver>,
 }
 
-impl<R, E> Shared<R, E> {
-    fn lock(&self) -> MutexGuard<'_, Queue<R, E>> {
+impl<I, R, E> Shared<I, R, E> {
+    fn lock(&self) -> MutexGuard<'_, Queue<I, R, E>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// A bounded queue of texts in front of one worker thread that runs them in batches.
-pub struct Batcher<R, E> {
-    shared: Arc<Shared<R, E>>,
+/// A bounded queue of posts (items `I`) in front of one worker thread that runs them in batches.
+pub struct Batcher<I, R, E> {
+    shared: Arc<Shared<I, R, E>>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl<R: Send + 'static, E: Send + 'static> Batcher<R, E> {
-    /// Starts the worker thread. `work` gets the texts of a batch and must return one result per text, in
+impl<I: Weighed + Send + 'static, R: Send + 'static, E: Send + 'static> Batcher<I, R, E> {
+    /// Starts the worker thread. `work` gets the items of a batch and must return one result per item, in
     /// order, or an error for the whole call.
     pub fn spawn<W>(
         config: BatcherConfig,
@@ -122,7 +134,7 @@ impl<R: Send + 'static, E: Send + 'static> Batcher<R, E> {
         work: W,
     ) -> std::io::Result<Self>
     where
-        W: FnMut(&[&str]) -> Result<Vec<R>, E> + Send + 'static,
+        W: FnMut(&[I]) -> Result<Vec<R>, E> + Send + 'static,
     {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
@@ -144,28 +156,25 @@ impl<R: Send + 'static, E: Send + 'static> Batcher<R, E> {
         })
     }
 
-    /// Queues `texts` as one job; the receiver yields their results once the batch holding them has run.
-    pub fn submit(
-        &self,
-        texts: Vec<String>,
-    ) -> Result<oneshot::Receiver<JobResult<R, E>>, SubmitError> {
+    /// Queues `items` as one job; the receiver yields their results once the batch holding them has run.
+    pub fn submit(&self, items: Vec<I>) -> Result<oneshot::Receiver<JobResult<R, E>>, SubmitError> {
         let (reply, receiver) = oneshot::channel();
-        let chars = texts.iter().map(|t| t.chars().count()).sum();
+        let chars = items.iter().map(Weighed::chars).sum();
         let mut queue = self.shared.lock();
         if queue.closed {
             return Err(SubmitError::Closed);
         }
         let capacity = self.shared.config.queue_capacity;
-        if queue.posts + texts.len() > capacity {
+        if queue.posts + items.len() > capacity {
             return Err(SubmitError::Overloaded {
                 queued: queue.posts,
                 capacity,
             });
         }
-        queue.posts += texts.len();
+        queue.posts += items.len();
         self.shared.observer.queue_depth(queue.posts);
         queue.jobs.push_back(Job {
-            texts,
+            items,
             chars,
             enqueued: Instant::now(),
             reply,
@@ -186,14 +195,14 @@ impl<R: Send + 'static, E: Send + 'static> Batcher<R, E> {
     }
 }
 
-impl<R, E> Drop for Batcher<R, E> {
+impl<I, R, E> Drop for Batcher<I, R, E> {
     fn drop(&mut self) {
         close_and_join(&self.shared, &self.worker);
     }
 }
 
 /// Refuses new jobs, wakes the worker and waits for it to drain the queue and exit. Idempotent.
-fn close_and_join<R, E>(shared: &Shared<R, E>, worker: &Mutex<Option<JoinHandle<()>>>) {
+fn close_and_join<I, R, E>(shared: &Shared<I, R, E>, worker: &Mutex<Option<JoinHandle<()>>>) {
     shared.lock().closed = true;
     shared.arrived.notify_all();
     let worker = worker.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -205,12 +214,12 @@ fn close_and_join<R, E>(shared: &Shared<R, E>, worker: &Mutex<Option<JoinHandle<
 }
 
 /// Takes batches until the queue is closed and empty.
-fn worker_loop<R, E, W>(shared: &Shared<R, E>, mut work: W)
+fn worker_loop<I, R, E, W>(shared: &Shared<I, R, E>, mut work: W)
 where
-    W: FnMut(&[&str]) -> Result<Vec<R>, E>,
+    W: FnMut(&[I]) -> Result<Vec<R>, E>,
 {
     while let Some(batch) = next_batch(shared) {
-        let live: Vec<Job<R, E>> = batch
+        let live: Vec<Job<I, R, E>> = batch
             .into_iter()
             .filter(|job| !job.reply.is_closed())
             .collect();
@@ -218,7 +227,7 @@ where
             continue;
         }
         let started = Instant::now();
-        let posts: usize = live.iter().map(|j| j.texts.len()).sum();
+        let posts: usize = live.iter().map(|j| j.items.len()).sum();
         let jobs = live.len();
         run_batch(live, &mut work);
         shared
@@ -229,7 +238,7 @@ where
 
 /// Blocks for the next batch: the oldest job, then more jobs while they fit the budget and the oldest job has
 /// waited less than `max_wait`. `None` once the queue is closed and drained.
-fn next_batch<R, E>(shared: &Shared<R, E>) -> Option<Vec<Job<R, E>>> {
+fn next_batch<I, R, E>(shared: &Shared<I, R, E>) -> Option<Vec<Job<I, R, E>>> {
     let config = &shared.config;
     let mut queue = shared.lock();
     while queue.jobs.is_empty() {
@@ -242,12 +251,12 @@ fn next_batch<R, E>(shared: &Shared<R, E>) -> Option<Vec<Job<R, E>>> {
             .unwrap_or_else(PoisonError::into_inner);
     }
     let deadline = queue.jobs.front().map(|j| j.enqueued)? + config.max_wait;
-    let mut batch: Vec<Job<R, E>> = Vec::new();
+    let mut batch: Vec<Job<I, R, E>> = Vec::new();
     let (mut posts, mut chars) = (0usize, 0usize);
     loop {
         while let Some(job) = queue.jobs.front() {
             let fits = batch.is_empty()
-                || (posts + job.texts.len() <= config.max_batch_posts
+                || (posts + job.items.len() <= config.max_batch_posts
                     && chars + job.chars <= config.max_batch_chars);
             if !fits {
                 break;
@@ -255,9 +264,9 @@ fn next_batch<R, E>(shared: &Shared<R, E>) -> Option<Vec<Job<R, E>>> {
             let Some(job) = queue.jobs.pop_front() else {
                 break;
             };
-            posts += job.texts.len();
+            posts += job.items.len();
             chars += job.chars;
-            queue.posts -= job.texts.len();
+            queue.posts -= job.items.len();
             batch.push(job);
         }
         let full = !queue.jobs.is_empty() || posts >= config.max_batch_posts;
@@ -275,21 +284,28 @@ fn next_batch<R, E>(shared: &Shared<R, E>) -> Option<Vec<Job<R, E>>> {
     Some(batch)
 }
 
-/// Runs the jobs' texts in one call and replies to each job; on an error with several jobs, runs each job
+/// Runs the jobs' items in one call and replies to each job; on an error with several jobs, runs each job
 /// alone so that only the job at fault gets the error.
-fn run_batch<R, E, W>(jobs: Vec<Job<R, E>>, work: &mut W)
+fn run_batch<I, R, E, W>(mut jobs: Vec<Job<I, R, E>>, work: &mut W)
 where
-    W: FnMut(&[&str]) -> Result<Vec<R>, E>,
+    W: FnMut(&[I]) -> Result<Vec<R>, E>,
 {
-    let texts: Vec<&str> = jobs
-        .iter()
-        .flat_map(|job| job.texts.iter().map(String::as_str))
+    // The items move into one slice for the call and back to their jobs afterwards (a retry needs them).
+    let counts: Vec<usize> = jobs.iter().map(|job| job.items.len()).collect();
+    let items: Vec<I> = jobs
+        .iter_mut()
+        .flat_map(|job| std::mem::take(&mut job.items))
         .collect();
-    match call(work, &texts) {
+    let outcome = call(work, &items);
+    let mut items = items.into_iter();
+    for (job, count) in jobs.iter_mut().zip(counts) {
+        job.items = items.by_ref().take(count).collect();
+    }
+    match outcome {
         Ok(mut results) => {
             // Hand each job its slice, in order.
             for job in jobs.into_iter().rev() {
-                let mine = results.split_off(results.len() - job.texts.len());
+                let mine = results.split_off(results.len() - job.items.len());
                 let _ = job.reply.send(Ok(mine));
             }
         }
@@ -300,24 +316,23 @@ where
         }
         Err(_) => {
             for job in jobs {
-                let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
-                let _ = job.reply.send(call(work, &texts));
+                let _ = job.reply.send(call(work, &job.items));
             }
         }
     }
 }
 
 /// One call of the work function, with panics and a wrong result count turned into [`BatchError::Worker`].
-fn call<R, E, W>(work: &mut W, texts: &[&str]) -> JobResult<R, E>
+fn call<I, R, E, W>(work: &mut W, items: &[I]) -> JobResult<R, E>
 where
-    W: FnMut(&[&str]) -> Result<Vec<R>, E>,
+    W: FnMut(&[I]) -> Result<Vec<R>, E>,
 {
-    match catch_unwind(AssertUnwindSafe(|| work(texts))) {
-        Ok(Ok(results)) if results.len() == texts.len() => Ok(results),
+    match catch_unwind(AssertUnwindSafe(|| work(items))) {
+        Ok(Ok(results)) if results.len() == items.len() => Ok(results),
         Ok(Ok(results)) => Err(BatchError::Worker(format!(
-            "{} results for {} texts",
+            "{} results for {} posts",
             results.len(),
-            texts.len()
+            items.len()
         ))),
         Ok(Err(error)) => Err(BatchError::Failed(error)),
         Err(panic) => {
@@ -362,7 +377,7 @@ mod tests {
         }
     }
 
-    fn upper(texts: &[&str]) -> Result<Vec<String>, String> {
+    fn upper(texts: &[String]) -> Result<Vec<String>, String> {
         Ok(texts.iter().map(|t| t.to_uppercase()).collect())
     }
 
@@ -421,7 +436,7 @@ mod tests {
         let batcher = Batcher::spawn(
             config(3, 1, 0),
             recorder.clone(),
-            move |texts: &[&str]| {
+            move |texts: &[String]| {
                 gate.lock().unwrap().recv().unwrap();
                 upper(texts)
             },
@@ -462,7 +477,7 @@ mod tests {
         let batcher = Batcher::spawn(
             config(100, 4, 2000),
             Arc::new(NoObserver),
-            move |texts: &[&str]| {
+            move |texts: &[String]| {
                 counted.fetch_add(1, Ordering::SeqCst);
                 match texts.iter().position(|t| t.is_empty()) {
                     Some(i) => Err(format!("text {i} is empty")),
@@ -489,7 +504,7 @@ mod tests {
         let batcher = Batcher::spawn(
             config(100, 1, 0),
             Arc::new(NoObserver),
-            |texts: &[&str]| match texts[0] {
+            |texts: &[String]| match texts[0].as_str() {
                 "panic" => panic!("boom"),
                 "short" => Ok(Vec::new()),
                 _ => upper(texts),
@@ -519,9 +534,9 @@ mod tests {
         let batcher = Batcher::spawn(
             config(100, 1, 0),
             Arc::new(NoObserver),
-            move |texts: &[&str]| {
+            move |texts: &[String]| {
                 gate.lock().unwrap().recv().unwrap();
-                log.lock().unwrap().extend(strings(texts));
+                log.lock().unwrap().extend(texts.to_vec());
                 upper(texts)
             },
         )
@@ -542,7 +557,7 @@ mod tests {
         let batcher = Batcher::spawn(
             config(100, 1, 0),
             Arc::new(NoObserver),
-            |texts: &[&str]| {
+            |texts: &[String]| {
                 std::thread::sleep(Duration::from_millis(20));
                 upper(texts)
             },

@@ -197,7 +197,7 @@ async fn locate(
     let request = api::parse_locate(&body, state.limits())?;
     let posts = match &request {
         api::ParsedLocate::Single(_) => 1,
-        api::ParsedLocate::Batch(posts) => posts.len(),
+        api::ParsedLocate::Batch(posts) | api::ParsedLocate::ByAuthor(posts) => posts.len(),
     };
     state.metrics().observe_request_posts(posts);
     let reply = state.ready()?.answer(request).await?;

@@ -9,19 +9,48 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use super::api::{
-    BatchItem, BatchLocateResponse, LocateReply, LocateRequest, LocatedPost, ParsedLocate,
-    RequestLimits,
+    AuthorsLocateResponse, BatchItem, BatchLocateResponse, LocateReply, LocateRequest,
+    LocatedAuthor, LocatedPost, ParsedLocate, RequestLimits,
 };
-use super::batcher::{BatchError, Batcher, SubmitError};
+use super::batcher::{BatchError, Batcher, SubmitError, Weighed};
 use super::metrics::Metrics;
 use super::problem::ApiError;
 use super::replica::StoreReplica;
 use super::ServerConfig;
-use crate::engine::{Answer, Engine, EngineError};
+use crate::engine::{Answer, AuthorRule, Engine, EngineError, PostQuery};
+
+/// A post waiting in the batcher: its text and, when the request gave one, its profile location.
+pub struct QueuedPost {
+    text: String,
+    profile: Option<String>,
+}
+
+impl QueuedPost {
+    fn of(post: &LocateRequest) -> Self {
+        Self {
+            text: post.text.clone(),
+            profile: post.user_location.clone(),
+        }
+    }
+
+    fn query(&self) -> PostQuery<'_> {
+        PostQuery {
+            text: &self.text,
+            profile: self.profile.as_deref(),
+        }
+    }
+}
+
+impl Weighed for QueuedPost {
+    fn chars(&self) -> usize {
+        str::chars(&self.text).count()
+            + self.profile.as_deref().map_or(0, |p| str::chars(p).count())
+    }
+}
 
 /// The engine behind its queue, and the private store copy of a read-only replica.
 pub struct LocateService {
-    batcher: Batcher<Answer, EngineError>,
+    batcher: Batcher<QueuedPost, Answer, EngineError>,
     engine: Arc<Engine>,
     writer: Option<super::writes::Writer>,
     read_only: bool,
@@ -40,8 +69,9 @@ impl LocateService {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let worker_engine = Arc::clone(&engine);
-        let batcher = Batcher::spawn(config.batcher(), metrics, move |texts: &[&str]| {
-            worker_engine.locate(texts)
+        let batcher = Batcher::spawn(config.batcher(), metrics, move |posts: &[QueuedPost]| {
+            let queries: Vec<PostQuery> = posts.iter().map(QueuedPost::query).collect();
+            worker_engine.locate_posts(&queries)
         })?;
         Ok(Self {
             batcher,
@@ -81,17 +111,18 @@ impl LocateService {
     pub async fn answer(&self, request: ParsedLocate) -> Result<LocateReply, ApiError> {
         match request {
             ParsedLocate::Single(post) => {
-                let answer = self.locate(vec![post.text.clone()]).await?.pop();
+                let answer = self.locate(vec![QueuedPost::of(&post)]).await?.pop();
                 let answer = answer.ok_or_else(|| ApiError::Internal {
                     detail: "the engine returned no answer".into(),
                 })?;
                 Ok(LocateReply::Single(LocatedPost::new(&post, answer)))
             }
+            ParsedLocate::ByAuthor(posts) => self.answer_authors(posts).await,
             ParsedLocate::Batch(posts) => {
-                let texts: Vec<String> = posts
+                let texts: Vec<QueuedPost> = posts
                     .iter()
                     .filter_map(|p| p.as_ref().ok())
-                    .map(|p| p.text.clone())
+                    .map(QueuedPost::of)
                     .collect();
                 let mut answers = match texts.is_empty() {
                     true => Vec::new(),
@@ -112,8 +143,78 @@ impl LocateService {
         }
     }
 
+    /// Answers a batch per author: the valid posts grouped by `user` (in order of first appearance), all
+    /// authors located in one engine call on a blocking thread (an author is one aggregate, not a post the
+    /// batcher could mix with other requests' posts), within the request timeout.
+    async fn answer_authors(
+        &self,
+        posts: Vec<Result<LocateRequest, ApiError>>,
+    ) -> Result<LocateReply, ApiError> {
+        let mut problems = Vec::new();
+        let mut authors: Vec<(String, Vec<usize>)> = Vec::new();
+        for (index, post) in posts.iter().enumerate() {
+            match post {
+                Err(error) => problems.push(error.problem_at(index)),
+                Ok(post) => {
+                    let user = post.user.clone().unwrap_or_default();
+                    match authors.iter_mut().find(|(u, _)| *u == user) {
+                        Some((_, own)) => own.push(index),
+                        None => authors.push((user, vec![index])),
+                    }
+                }
+            }
+        }
+        if authors.is_empty() {
+            return Ok(LocateReply::Authors(AuthorsLocateResponse {
+                authors: Vec::new(),
+                problems,
+            }));
+        }
+        let engine = Arc::clone(&self.engine);
+        let groups: Vec<Vec<QueuedPost>> = authors
+            .iter()
+            .map(|(_, own)| {
+                own.iter()
+                    .filter_map(|&i| posts[i].as_ref().ok().map(QueuedPost::of))
+                    .collect()
+            })
+            .collect();
+        let work = actix_web::rt::task::spawn_blocking(move || {
+            let queries: Vec<Vec<PostQuery>> = groups
+                .iter()
+                .map(|g| g.iter().map(QueuedPost::query).collect())
+                .collect();
+            engine.locate_authors(&queries, AuthorRule::default())
+        });
+        let answers = match actix_web::rt::time::timeout(self.timeout, work).await {
+            Err(_elapsed) => {
+                return Err(ApiError::Timeout {
+                    timeout_ms: self.timeout.as_millis() as u64,
+                })
+            }
+            Ok(Err(join)) => {
+                return Err(ApiError::Internal {
+                    detail: format!("the author worker failed: {join}"),
+                })
+            }
+            Ok(Ok(answers)) => answers?,
+        };
+        Ok(LocateReply::Authors(AuthorsLocateResponse {
+            authors: authors
+                .into_iter()
+                .zip(answers)
+                .map(|((user, posts), answer)| LocatedAuthor {
+                    user,
+                    posts,
+                    answer,
+                })
+                .collect(),
+            problems,
+        }))
+    }
+
     /// Queues `texts` as one job and waits for their answers, within the request timeout.
-    async fn locate(&self, texts: Vec<String>) -> Result<Vec<Answer>, ApiError> {
+    async fn locate(&self, texts: Vec<QueuedPost>) -> Result<Vec<Answer>, ApiError> {
         let receiver = self.batcher.submit(texts).map_err(|e| match e {
             SubmitError::Overloaded { queued, .. } => ApiError::Overloaded {
                 queued,
