@@ -459,14 +459,11 @@ impl Engine {
             view.snapshot.index(),
             &view.cities,
             query,
-            self.config.neighbours,
-            self.config.prompt_weight,
-            self.config.population_prior,
             profile.map(|vector| retrieve::ProfileEvidence {
                 vector,
                 weight: self.config.profile_weight,
             }),
-            self.config.top_k,
+            &self.config,
         )
     }
 

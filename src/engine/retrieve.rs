@@ -116,28 +116,26 @@ pub fn shortlist(
 
 /// Searches the index for the `neighbours` nearest vectors to `query` (and to the profile location's vector,
 /// when there is one: the cities it names become candidates too) and shortlists their cities.
+/// The engine's `neighbours`, `prompt_weight`, `population_prior` and `top_k` are read from `config`.
 pub fn retrieve(
     index: &VectorIndex,
     cities: &CityCache,
     query: &[f32],
-    neighbours: usize,
-    prompt_weight: f32,
-    population_prior: f32,
     profile: Option<ProfileEvidence>,
-    top_k: usize,
+    config: &super::EngineConfig,
 ) -> Result<Vec<CityScore>> {
-    let mut found = index.search(query, neighbours)?;
+    let mut found = index.search(query, config.neighbours)?;
     if let Some(profile) = profile {
-        found.extend(index.search(profile.vector, neighbours)?);
+        found.extend(index.search(profile.vector, config.neighbours)?);
     }
     Ok(shortlist(
         query,
         &found,
         cities,
-        prompt_weight,
-        population_prior,
+        config.prompt_weight,
+        config.population_prior,
         profile,
-        top_k,
+        config.top_k,
     ))
 }
 

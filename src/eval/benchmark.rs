@@ -505,15 +505,13 @@ pub fn to_markdown(report: &BenchmarkReport) -> String {
                 ));
             }
         }
-        if let Some(r) = shot
-            .methods
-            .get(METHODS[3])
-            .filter(|r| r.with_profile.n > 0)
-        {
-            md.push_str(&format!(
-                "\nPosts with a profile location ({} posts), engine: Acc@1 {:.3}, Acc@161km {:.3}, median km {:.0}.\n",
-                r.with_profile.n, r.with_profile.acc1, r.with_profile.acc161, r.with_profile.median_km
-            ));
+        for name in &METHODS[3..] {
+            if let Some(r) = shot.methods.get(*name).filter(|r| r.with_profile.n > 0) {
+                md.push_str(&format!(
+                    "\nPosts with a profile location ({} posts), {name}: Acc@1 {:.3}, Acc@161km {:.3}, median km {:.0}.\n",
+                    r.with_profile.n, r.with_profile.acc1, r.with_profile.acc161, r.with_profile.median_km
+                ));
+            }
         }
         let secs: Vec<String> = shot
             .runs

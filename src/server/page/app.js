@@ -286,7 +286,9 @@ function showAnswer(answer, map) {
   $("answer").dataset.cityId = answer.city_id;
   $("answer-name").textContent = answer.name;
   $("answer-place").textContent = place(answer);
-  $("answer-probability").textContent = percent(answer.probability);
+  // `city` is null when the engine abstains (confidence below its threshold): say so beside the best guess.
+  $("answer-probability").textContent = percent(answer.probability) +
+    (answer.city === null ? " (not confident enough to answer; best guess shown)" : "");
   $("shortlist").replaceChildren(...answer.top_k.map((c) => {
     const bar = element("span");
     bar.style.width = percent(c.probability);
