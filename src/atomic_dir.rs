@@ -29,6 +29,59 @@ pub fn sibling(dir: &Path, what: &str) -> io::Result<PathBuf> {
     )))
 }
 
+/// Removes what killed processes left beside `dir`: `.NAME.building-PID`, `.NAME.writing-PID` and
+/// `.NAME.old-PID` directories whose process no longer runs (a live process's are its work in progress).
+/// Best effort: an entry that cannot be read or removed is left, with a warning.
+pub fn remove_stale_siblings(dir: &Path) {
+    let (Some(name), Some(parent)) = (dir.file_name(), dir.parent()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((what, pid)) = rest.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if !["building", "writing", "old"].contains(&what) || process_runs(pid) {
+            continue;
+        }
+        match remove_dir_if_present(&entry.path()) {
+            Ok(()) => {
+                tracing::info!(path = %entry.path().display(), "removed what a stopped process left")
+            }
+            Err(e) => {
+                tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a stale staging directory")
+            }
+        }
+    }
+}
+
+/// Whether process `pid` is running. Where that cannot be told (no `/proc`), every process is taken as
+/// running, so nothing is removed.
+fn process_runs(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    if !Path::new("/proc/self").exists() {
+        return true;
+    }
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Removes `dir` and everything in it; a missing directory is fine.
 pub fn remove_dir_if_present(dir: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(dir) {
@@ -90,6 +143,7 @@ pub fn write_dir<E: From<io::Error>>(
     dir: &Path,
     fill: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), E> {
+    remove_stale_siblings(dir);
     let staging = sibling(dir, "writing")?;
     remove_dir_if_present(&staging)?;
     std::fs::create_dir_all(&staging)?;
@@ -105,6 +159,28 @@ pub fn write_dir<E: From<io::Error>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftovers_of_stopped_processes_are_removed_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let dead = u32::MAX - 1; // above Linux's pid_max: never a running process
+        let paths = [
+            tmp.path().join(format!(".store.building-{dead}")),
+            tmp.path().join(format!(".store.old-{dead}")),
+            tmp.path().join(".store.building-1"), // init: running
+            tmp.path()
+                .join(format!(".store.building-{}", std::process::id())),
+            tmp.path().join(format!(".other.building-{dead}")),
+            tmp.path().join(format!(".store.backup-{dead}")),
+        ];
+        for p in &paths {
+            std::fs::create_dir_all(p.join("inner")).unwrap();
+        }
+        remove_stale_siblings(&dir);
+        let kept: Vec<bool> = paths.iter().map(|p| p.exists()).collect();
+        assert_eq!(kept, [false, false, true, true, true, true]);
+    }
 
     #[test]
     fn a_directory_is_replaced_whole_or_not_at_all() {

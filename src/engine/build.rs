@@ -73,6 +73,7 @@ pub fn build_index(
 ) -> Result<BuildReport> {
     let started = Instant::now();
     check_inputs(cities, support)?;
+    atomic_dir::remove_stale_siblings(dir);
     let staging = atomic_dir::sibling(dir, "building").map_err(EngineError::io(dir))?;
     atomic_dir::remove_dir_if_present(&staging).map_err(EngineError::io(&staging))?;
     fill_store(&staging, model, cities, support, options, 0, progress)?;
