@@ -29,6 +29,10 @@ pub struct EvalArgs {
     /// How the engine combines an author's posts in the author-level rows.
     #[arg(long, value_enum, default_value_t)]
     pub author_rule: crate::engine::AuthorRule,
+    /// Keep this many cities (evenly spread over the table) out of training: the report then gives every
+    /// rule on those cities' test posts apart from the others', i.e. on cities the training never saw.
+    #[arg(long, default_value_t = 0)]
+    pub hold_out_cities: usize,
     /// Evaluate this checkpoint instead of training (use with the single K and seed it was trained with).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
@@ -60,6 +64,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<usize> {
         train: args.options.train_config(),
         engine: args.engine.config(),
         author_rule: args.author_rule,
+        hold_out_cities: args.hold_out_cities,
         max_test_per_city: args.max_test_per_city,
         checkpoint: args.checkpoint.clone(),
         save_checkpoints: args.save_checkpoints.clone(),

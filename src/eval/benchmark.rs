@@ -87,6 +87,10 @@ pub struct BenchmarkSpec {
     pub engine: EngineConfig,
     /// How the engine combines an author's posts (the author-level rows).
     pub author_rule: AuthorRule,
+    /// Cities kept out of training (see [`held_out_cities`]): the model never sees their posts or prompts
+    /// while training; they are still candidates with their K support posts in the store at test time.
+    #[serde(default)]
+    pub hold_out_cities: usize,
     /// Evaluate on at most this many test posts per city (all when absent).
     pub max_test_per_city: Option<usize>,
     /// Evaluate this trained checkpoint instead of training one per run (its K and seed must match the
@@ -107,6 +111,10 @@ pub struct RunReport {
     pub methods: BTreeMap<String, MethodReport>,
     /// The engine's author-level answers, when test posts carry authors.
     pub authors: Option<AuthorReport>,
+    /// With cities held out of training: every rule on the held-out cities' test posts
+    /// (`"RULE / held-out cities"`) and on the others' (`"RULE / trained cities"`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub slices: BTreeMap<String, MethodReport>,
 }
 
 /// The engine located each test author from all of their test posts ([`crate::engine::Engine::locate_authors`]).
@@ -122,6 +130,46 @@ pub struct AuthorReport {
     /// Authors with many posts again, the engine also told each post's profile location where it has one.
     #[serde(default)]
     pub with_profile: Metrics,
+}
+
+/// Table positions of the `count` cities kept out of training: evenly spread over the table (every
+/// `len / count`-th city), so big and small cities of every region are among them.
+pub fn held_out_cities(table: &crate::geo::CityTable, count: usize) -> Vec<usize> {
+    if count == 0 || table.is_empty() {
+        return Vec::new();
+    }
+    let step = (table.len() / count.min(table.len())).max(1);
+    (0..table.len())
+        .filter(|p| p % step == step - 1)
+        .take(count)
+        .collect()
+}
+
+/// The training set without the held-out cities: their table, and the posts re-bound to it.
+fn without_held_out(
+    table: &crate::geo::CityTable,
+    posts: &[CityPost],
+    held: &[usize],
+) -> (crate::geo::CityTable, Vec<CityPost>) {
+    let kept: std::collections::HashSet<crate::geo::CityId> = table
+        .cities()
+        .iter()
+        .enumerate()
+        .filter(|(p, _)| !held.contains(p))
+        .map(|(_, c)| c.id)
+        .collect();
+    let sub = table.subset(&kept);
+    let posts = posts
+        .iter()
+        .filter_map(|p| {
+            let city = sub.position(table.cities()[p.city].id)?;
+            Some(CityPost {
+                post: p.post.clone(),
+                city,
+            })
+        })
+        .collect();
+    (sub, posts)
 }
 
 /// "Authors with many posts": at least this many test posts.
@@ -239,6 +287,9 @@ pub struct ShotReport {
     pub methods: BTreeMap<String, MethodReport>,
     /// Mean over seeds of the engine's author-level figures.
     pub authors: Option<AuthorReport>,
+    /// Mean over seeds of the held-out / trained city slices (see [`RunReport::slices`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub slices: BTreeMap<String, MethodReport>,
     /// The individual runs.
     pub runs: Vec<RunReport>,
 }
@@ -298,13 +349,24 @@ pub fn run(
     let base_test = base.post_encoder().embed(&test_refs)?;
     let city_refs: Vec<&crate::geo::City> = data.cities.cities().iter().collect();
     let base_cities = base.city_vectors(&city_refs)?;
-    let zero_shot = to_predictions(
+    let zero_shot_predictions = to_predictions(
         &test,
         rank_by_cosine(&base_test, &base_cities)?,
         &data.cities,
     );
-    let unnamed_posts = zero_shot.iter().filter(|p| !p.names_city).count();
-    let zero_shot = MethodReport::of(&zero_shot, &data.cities);
+    let unnamed_posts = zero_shot_predictions
+        .iter()
+        .filter(|p| !p.names_city)
+        .count();
+    let zero_shot = MethodReport::of(&zero_shot_predictions, &data.cities);
+    let held = held_out_cities(&data.cities, spec.hold_out_cities);
+    if !held.is_empty() {
+        let names: Vec<&str> = held
+            .iter()
+            .map(|&p| data.cities.cities()[p].name.as_str())
+            .collect();
+        on_event(&format!("held out of training: {}", names.join(", ")));
+    }
 
     let mut results = Vec::new();
     for &shots in &spec.shots {
@@ -334,7 +396,12 @@ pub fn run(
                         seed,
                         ..spec.train.clone()
                     };
-                    let report = train(&mut model, &data.cities, &support, &config, on_step)?;
+                    let report = if held.is_empty() {
+                        train(&mut model, &data.cities, &support, &config, on_step)?
+                    } else {
+                        let (table, posts) = without_held_out(&data.cities, &support, &held);
+                        train(&mut model, &table, &posts, &config, on_step)?
+                    };
                     if let Some(root) = &spec.save_checkpoints {
                         model.save(&root.join(format!("k{shots}-seed{seed}")))?;
                     }
@@ -358,18 +425,16 @@ pub fn run(
                 &data.cities,
                 spec.author_rule,
             )?;
-            let mut methods = BTreeMap::new();
-            methods.insert(
-                METHODS[1].to_string(),
-                MethodReport::of(&centroid, &data.cities),
-            );
-            methods.insert(
+            let mut predictions: BTreeMap<String, Vec<Prediction>> = BTreeMap::new();
+            predictions.insert(METHODS[0].to_string(), zero_shot_predictions.clone());
+            predictions.insert(METHODS[1].to_string(), centroid);
+            predictions.insert(
                 METHODS[2].to_string(),
-                MethodReport::of(&to_predictions(&test, tlc, &data.cities), &data.cities),
+                to_predictions(&test, tlc, &data.cities),
             );
-            methods.insert(
+            predictions.insert(
                 METHODS[3].to_string(),
-                MethodReport::of(&to_predictions(&test, engine, &data.cities), &data.cities),
+                to_predictions(&test, engine, &data.cities),
             );
             // The same engine, told each post's profile location where the post has one (not the
             // method's own text-only setting; the slice of posts with a profile shows what it adds).
@@ -387,10 +452,31 @@ pub fn run(
                     .iter()
                     .map(|a| store.ranking(a))
                     .collect();
-                methods.insert(
+                predictions.insert(
                     METHODS[4].to_string(),
-                    MethodReport::of(&to_predictions(&test, ranked, &data.cities), &data.cities),
+                    to_predictions(&test, ranked, &data.cities),
                 );
+            }
+            let mut methods = BTreeMap::new();
+            let mut slices = BTreeMap::new();
+            for (name, predicted) in &predictions {
+                if name != METHODS[0] {
+                    methods.insert(name.clone(), MethodReport::of(predicted, &data.cities));
+                }
+                if !held.is_empty() {
+                    let (out, kept): (Vec<Prediction>, Vec<Prediction>) = predicted
+                        .iter()
+                        .cloned()
+                        .partition(|p| held.contains(&p.truth));
+                    slices.insert(
+                        format!("{name} / held-out cities"),
+                        MethodReport::of(&out, &data.cities),
+                    );
+                    slices.insert(
+                        format!("{name} / trained cities"),
+                        MethodReport::of(&kept, &data.cities),
+                    );
+                }
             }
             on_event(&format!("K={shots} seed={seed}: {}", one_line(&methods)));
             if let Some(a) = &authors {
@@ -408,6 +494,7 @@ pub fn run(
                 train: train_report,
                 methods,
                 authors,
+                slices,
             });
         }
         let mut methods = BTreeMap::new();
@@ -422,10 +509,23 @@ pub fn run(
             }
         }
         let per_seed: Vec<AuthorReport> = runs.iter().filter_map(|r| r.authors.clone()).collect();
+        let mut slices = BTreeMap::new();
+        if let Some(first) = runs.first() {
+            for name in first.slices.keys() {
+                let per_seed: Vec<MethodReport> = runs
+                    .iter()
+                    .filter_map(|r| r.slices.get(name).cloned())
+                    .collect();
+                if let Some(mean) = MethodReport::mean(&per_seed) {
+                    slices.insert(name.clone(), mean);
+                }
+            }
+        }
         results.push(ShotReport {
             shots,
             methods,
             authors: AuthorReport::mean(&per_seed),
+            slices,
             runs,
         });
     }
@@ -505,6 +605,27 @@ pub fn to_markdown(report: &BenchmarkReport) -> String {
                 ));
             }
         }
+        if !shot.slices.is_empty() {
+            md.push_str(&format!(
+                "\nCities held out of training ({}), against the cities trained on:\n\n",
+                report.spec.hold_out_cities
+            ));
+            md.push_str("| rule / cities | posts | Acc@1 | Acc@161km | macro Acc@1 | unnamed Acc@1 |\n|---|---|---|---|---|---|\n");
+            for name in METHODS {
+                for part in ["held-out cities", "trained cities"] {
+                    if let Some(r) = shot.slices.get(&format!("{name} / {part}")) {
+                        md.push_str(&format!(
+                            "| {name} / {part} | {} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+                            r.overall.n,
+                            r.overall.acc1,
+                            r.overall.acc161,
+                            r.macro_avg.acc1,
+                            r.unnamed.acc1
+                        ));
+                    }
+                }
+            }
+        }
         for name in &METHODS[3..] {
             if let Some(r) = shot.methods.get(*name).filter(|r| r.with_profile.n > 0) {
                 md.push_str(&format!(
@@ -524,4 +645,55 @@ pub fn to_markdown(report: &BenchmarkReport) -> String {
         ));
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::LabelledPost;
+    use crate::geo::{City, CityTable};
+
+    fn table(n: u64) -> CityTable {
+        CityTable::new(
+            (1..=n)
+                .map(|id| City {
+                    id,
+                    name: format!("c{id}"),
+                    admin1: None,
+                    country: "X".into(),
+                    country_code: "XX".into(),
+                    lat: 0.0,
+                    lon: 0.0,
+                    population: 0,
+                    alternate_names: Vec::new(),
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn held_out_cities_are_spread_and_dropped_from_training_with_posts_rebound() {
+        let cities = table(6);
+        assert_eq!(held_out_cities(&cities, 2), vec![2, 5]);
+        assert_eq!(held_out_cities(&cities, 0), Vec::<usize>::new());
+        assert_eq!(held_out_cities(&cities, 9).len(), 6, "at most every city");
+        let post = |city| CityPost {
+            post: serde_json::from_value::<LabelledPost>(
+                serde_json::json!({"text": format!("in {city}")}),
+            )
+            .unwrap(),
+            city,
+        };
+        let (sub, posts) =
+            without_held_out(&cities, &[post(0), post(2), post(3), post(5)], &[2, 5]);
+        let ids: Vec<u64> = sub.cities().iter().map(|c| c.id).collect();
+        assert_eq!(ids, [1, 2, 4, 5]);
+        // Posts of held-out cities are gone; the others point at their city in the smaller table.
+        let bound: Vec<(String, u64)> = posts
+            .iter()
+            .map(|p| (p.post.text.clone(), sub.cities()[p.city].id))
+            .collect();
+        assert_eq!(bound, [("in 0".to_string(), 1), ("in 3".to_string(), 4)]);
+    }
 }
