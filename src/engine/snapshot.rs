@@ -144,7 +144,8 @@ impl CityCache {
     /// The city `id` is answered as: a gazetteer entry without support posts that lies within `radius_km`
     /// of a city at least [`COLLAPSE_POPULATION_RATIO`] times as populous is a neighbourhood or suburb of it
     /// (GeoNames lists "Chicago Loop" and "Logan Square" beside Chicago), and is answered as that city (the
-    /// most populous one in reach). A city with support posts was labelled on purpose and never collapses.
+    /// most populous one in reach). A city with support posts, or one an analyst created (ids from
+    /// [`crate::data::ingest::ANALYST_CITY_IDS`]), was added on purpose and never collapses.
     /// `None` when `id` stands for itself.
     pub fn collapses_into(&self, id: CityId, radius_km: f32) -> Option<CityId> {
         if radius_km <= 0.0 {
@@ -164,7 +165,7 @@ impl CityCache {
 
     fn parent_of(&self, id: CityId, radius_km: f64) -> Option<CityId> {
         let entry = self.entries.get(&id)?;
-        if !entry.supports.is_empty() {
+        if !may_collapse(entry) {
             return None;
         }
         let city = &entry.city;
@@ -192,7 +193,7 @@ impl CityCache {
                 .push(&e.city);
         }
         let mut parents = HashMap::new();
-        for e in self.entries.values().filter(|e| e.supports.is_empty()) {
+        for e in self.entries.values().filter(|e| may_collapse(e)) {
             let city = &e.city;
             let (row, col) = cell(city.lat, city.lon);
             // Longitude cells shrink towards the poles: look further east and west there.
@@ -269,6 +270,11 @@ impl CityCache {
 
 /// How many times as populous a city must be to absorb a gazetteer entry within the collapse radius.
 pub const COLLAPSE_POPULATION_RATIO: u64 = 5;
+
+/// Whether a city may be answered as a bigger one nearby: a gazetteer entry nobody labelled.
+fn may_collapse(entry: &CityEntry) -> bool {
+    entry.supports.is_empty() && entry.city.id < crate::data::ingest::ANALYST_CITY_IDS
+}
 
 /// Whether `parent` absorbs `city` (see [`CityCache::collapses_into`]).
 fn is_parent(parent: &City, city: &City, radius_km: f64) -> bool {
@@ -443,6 +449,14 @@ mod tests {
         );
         assert_eq!(labelled.collapses_into(2, 10.0), None);
         assert_eq!(labelled.collapses_into(5, 10.0), Some(1));
+        // So was a city an analyst created, even before its first example.
+        let id = crate::data::ingest::ANALYST_CITY_IDS + 1;
+        let created = plain.with_additions(
+            &[at(city(id, "Near North", 1_000), 41.900, -87.634)],
+            Vec::new(),
+            Vec::new(),
+        );
+        assert_eq!(created.collapses_into(id, 10.0), None);
     }
 
     #[test]
