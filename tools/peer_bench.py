@@ -14,6 +14,16 @@ Run through tools/peer_bench.sh (which makes the virtual environment). What it d
 4. prints posts/s per round, the medians and the ratios contrastgeo / ORT (each configuration and the best),
    and the cosine agreement of contrastgeo's embeddings with ORT's (min over the posts; exit 1 under 0.9999).
 
+With --with-st, sentence-transformers on torch CPU joins the rounds: the model built offline from the same
+directory (Transformer with max_seq_length 128, mean Pooling, Normalize), torch.set_num_threads(--threads),
+`SentenceTransformer.encode` with --batch-size (it sorts by length and pads each batch itself), timed like ORT
+(model load excluded). It runs in two worker processes, since libgomp reads its wait policy once at load (the
+counterpart of ORT's spinning on/off): `st_default` (torch as installed: OpenMP threads spin a while before
+sleeping) and `st_passive` (OMP_WAIT_POLICY=PASSIVE; far faster when the cores are oversubscribed). Its
+ratios (each and best_st) and cosine agreement are printed too.
+`--make-cuda-stubs` writes the CUDA library stand-ins that let PyPI's CUDA torch wheel import without its
+nvidia-* wheels (see tools/peer_bench.sh).
+
 ORT is timed from tokenization to pooled unit vectors (its session is made once, outside the timing).
 `contrastgeo` is timed as a whole process (start-up and model load, tokenization, JSON output included: a
 conservative ratio); `contrastgeo_in_process` like ORT, from tokenization to unit vectors.
@@ -27,6 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import re
+import shutil
 
 import numpy as np
 import onnx
@@ -227,6 +240,153 @@ def contrastgeo_in_process(binary, lines, threads):
     return json.loads(done.stdout)["seconds"]
 
 
+def make_cuda_stubs():
+    """Writes stand-ins for the CUDA libraries that torch's .so files link into torch/lib (on their RPATH).
+
+    For each library that a torch .so names as NEEDED and that is neither in torch/lib nor on the system
+    (libcudart.so.13, libcublas.so.13, libcudnn.so.9, libnccl.so.2, ...): every symbol imported from it, with
+    its symbol version (readelf), as a C function returning 100 (cudaErrorNoDevice), or a zeroed array for data
+    symbols, compiled with cc under that version. Unversioned imports (cuFile*, cusparseLt*, nccl*) go to their
+    library by prefix. Nothing of it runs unless CUDA is asked for: torch.cuda.is_available() stays False.
+    """
+    import importlib.util
+    lib = os.path.join(importlib.util.find_spec("torch").submodule_search_locations[0], "lib")
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler or not shutil.which("readelf"):
+        sys.exit("peer_bench: --make-cuda-stubs needs cc and readelf (binutils)")
+    marker = os.path.join(lib, "peer_bench_cuda_stubs.txt")
+    stubs = set(open(marker).read().split()) if os.path.exists(marker) else set()
+
+    def readelf(flag, path):
+        return subprocess.run(["readelf", flag, "-W", path], capture_output=True, text=True, check=True).stdout
+
+    def present(soname):
+        if soname in stubs:
+            return False
+        if os.path.exists(os.path.join(lib, soname)):
+            return True
+        return subprocess.run(["sh", "-c", f"ldconfig -p | grep -qF '{soname} '"]).returncode == 0
+
+    # libcaffe2_nvrtc.so is only dlopen'ed when NVRTC is used; it also needs libcuda.so.1 (the driver).
+    objects = [os.path.join(lib, f) for f in sorted(os.listdir(lib))
+               if ".so" in f and f not in stubs and f != "libcaffe2_nvrtc.so"]
+    missing, version_file, imports = set(), {}, []
+    for path in objects:
+        dynamic = readelf("-d", path)
+        missing |= {n for n in re.findall(r"\(NEEDED\).*\[(\S+)\]", dynamic) if not present(n)}
+        current = None
+        for line in readelf("-V", path).split("Version needs")[-1].splitlines():
+            found = re.search(r"File: (\S+)", line)
+            if found:
+                current = found.group(1)
+            named = re.search(r"Name: (\S+)", line)
+            if named and current:
+                version_file[named.group(1)] = current
+        for line in readelf("--dyn-syms", path).splitlines():
+            fields = line.split()
+            if len(fields) >= 8 and fields[6] == "UND" and fields[4] == "GLOBAL" and fields[7]:
+                name, _, version = fields[7].partition("@")
+                imports.append((name, version.lstrip("@").split("(")[0], fields[3]))
+    prefixes = {"libcufile.so.0": "cuFile", "libcusparseLt.so.0": "cusparseLt", "libnccl.so.2": "nccl"}
+    symbols = {soname: {} for soname in missing}
+    for name, version, kind in imports:
+        soname = version_file.get(version) if version else next(
+            (so for so, prefix in prefixes.items() if name.startswith(prefix)), None)
+        if soname in symbols:
+            symbols[soname][name] = (version, kind)
+    with tempfile.TemporaryDirectory() as tmp:
+        for soname, entries in sorted(symbols.items()):
+            source = ['static const char stub_message[] = "CUDA library stub (peer_bench: torch without CUDA)";',
+                      "static char stub_zero[4096] __attribute__((aligned(64)));"]
+            for name, (version, kind) in sorted(entries.items()):
+                if kind in ("OBJECT", "TLS"):
+                    source.append(f"char {name}[4096] __attribute__((aligned(64)));")
+                elif name.endswith(("GetErrorString", "GetErrorName")):
+                    source.append(f"const char *{name}(void) {{ return stub_message; }}")
+                elif name.startswith("__cudaRegisterFatBinary") and not name.endswith("End"):
+                    source.append(f"void *{name}(void) {{ return stub_zero; }}")
+                else:
+                    source.append(f"long {name}(void) {{ return 100; }}")
+            versions = sorted({version for version, _ in entries.values() if version})
+            c_path, map_path = os.path.join(tmp, soname + ".c"), os.path.join(tmp, soname + ".map")
+            with open(c_path, "w") as f:
+                f.write("\n".join(source) + "\n")
+            with open(map_path, "w") as f:
+                f.write("".join(f"{v} {{ global: *; }};\n" for v in versions) or "{ global: *; };\n")
+            subprocess.run([compiler, "-shared", "-fPIC", "-w", "-o", os.path.join(lib, soname), c_path,
+                            f"-Wl,-soname,{soname}", f"-Wl,--version-script={map_path}"], check=True)
+            stubs.add(soname)
+            print(f"peer_bench: stub {soname}: {len(entries)} symbols", file=sys.stderr)
+    with open(marker, "w") as f:
+        f.write("\n".join(sorted(stubs)) + "\n")
+
+
+def st_worker(args, model_dir):
+    """One sentence-transformers peer: writes its vectors, says ready, then encodes the posts per stdin line."""
+    import sentence_transformers
+    import torch
+
+    _, texts = read_posts(args.posts, args.count)
+    model = st_model(model_dir, args.threads)
+    st_embed(model, texts[:64], args.batch_size)  # warm-up
+    np.save(args.st_vectors, st_embed(model, texts, args.batch_size))
+    info = {"st_version": sentence_transformers.__version__, "torch_version": torch.__version__,
+            "cuda_available": torch.cuda.is_available(), "torch_threads": torch.get_num_threads(),
+            "max_seq_length": model.max_seq_length, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    print(json.dumps(info), flush=True)
+    for _ in sys.stdin:
+        print(timed(lambda: st_embed(model, texts, args.batch_size)), flush=True)
+
+
+class StPeer:
+    """A worker process of st_worker, started with the given extra environment."""
+
+    def __init__(self, args, name, env):
+        self.vectors = os.path.join(args.work_dir, f"{name}.npy")
+        command = [sys.executable, os.path.abspath(__file__), "--st-worker", "--st-vectors", self.vectors,
+                   "--posts", args.posts, "--count", str(args.count), "--threads", str(args.threads),
+                   "--batch-size", str(args.batch_size)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=dict(os.environ, **env))
+        line = self.process.stdout.readline()
+        if not line:
+            sys.exit(f"peer_bench: the {name} worker failed to start")
+        self.info = json.loads(line)
+
+    def run(self):
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def st_model(model_dir, threads):
+    """sentence-transformers' all-MiniLM-L6-v2 from the local directory, no hub access, on CPU."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    encoder = Transformer(model_dir, max_seq_length=128)
+    dimension = json.load(open(os.path.join(model_dir, "config.json")))["hidden_size"]
+    model = SentenceTransformer(modules=[encoder, Pooling(dimension, "mean"), Normalize()], device="cpu")
+    model.eval()
+    return model
+
+
+def st_embed(model, texts, batch_size):
+    return model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--posts", default="../shared/data/posts.jsonl")
@@ -239,10 +399,22 @@ def main():
                         help="in-process timing of the same encoder (model load excluded, as ORT's session)")
     parser.add_argument("--work-dir", default="target/peer-bench")
     parser.add_argument("--json", help="also write the summary here")
+    parser.add_argument("--with-st", action="store_true",
+                        help="add sentence-transformers (torch CPU) as a peer (tools/peer_bench.sh installs it)")
+    parser.add_argument("--make-cuda-stubs", action="store_true",
+                        help="write the CUDA library stubs into the venv's torch/lib and exit")
+    parser.add_argument("--st-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--st-vectors", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_cuda_stubs:
+        make_cuda_stubs()
+        return
 
     os.makedirs(args.work_dir, exist_ok=True)
     model_dir = os.environ.get("CONTRASTGEO_MODEL") or os.path.join(data_home(), "models", "all-MiniLM-L6-v2")
+    if args.st_worker:
+        st_worker(args, model_dir)
+        return
     lines, texts = read_posts(args.posts, args.count)
     tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     tokenizer.no_padding()
@@ -261,6 +433,14 @@ def main():
             name = f"ort_{graph}_{'spin' if spinning else 'nospin'}"
             sessions[name] = session(path, args.threads, spinning)
             ort_embed(sessions[name], tokenizer, texts[:64], args.batch_size)  # warm-up
+    st_peers = {}
+    if args.with_st:
+        st_peers = {"st_default": StPeer(args, "st_default", {}),
+                    "st_passive": StPeer(args, "st_passive", {"OMP_WAIT_POLICY": "PASSIVE"})}
+        info = st_peers["st_default"].info
+        print(f"sentence-transformers {info['st_version']}, torch {info['torch_version']} "
+              f"(CUDA available: {info['cuda_available']}), torch threads {info['torch_threads']}, "
+              f"max_seq_length {info['max_seq_length']}")
 
     # Agreement: contrastgeo's vectors against ORT's.
     vectors_path = os.path.join(args.work_dir, "contrastgeo.jsonl")
@@ -272,11 +452,18 @@ def main():
         agreement = (ours * theirs).sum(1)
         print(f"cosine contrastgeo vs {name}: min {agreement.min():.7f}, mean {agreement.mean():.7f}")
         cosines = agreement if cosines is None or agreement.min() < cosines.min() else cosines
+    st_cosines = None
+    for name, peer in st_peers.items():
+        agreement = (ours * np.load(peer.vectors)).sum(1)
+        print(f"cosine contrastgeo vs {name}: min {agreement.min():.7f}, mean {agreement.mean():.7f}")
+        st_cosines = agreement if st_cosines is None or agreement.min() < st_cosines.min() else st_cosines
 
     def ort_runner(sess):
         return lambda: timed(lambda: ort_embed(sess, tokenizer, texts, args.batch_size))
 
     runners = {name: ort_runner(sess) for name, sess in sessions.items()}
+    for name, peer in st_peers.items():
+        runners[name] = peer.run
     runners["contrastgeo"] = lambda: contrastgeo_embed(args.binary, lines, os.devnull, args.threads)
     if args.rate_binary and os.path.exists(args.rate_binary):
         runners["contrastgeo_in_process"] = lambda: contrastgeo_in_process(args.rate_binary, lines, args.threads)
@@ -288,6 +475,8 @@ def main():
             rates[name].append(len(texts) / runners[name]())
         print(f"round {round_index}: " + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in names) + " posts/s")
     medians = {name: statistics.median(values) for name, values in rates.items()}
+    for peer in st_peers.values():
+        peer.close()
     print("medians: " + ", ".join(f"{n} {medians[n]:.1f}" for n in names) + " posts/s")
     best = max(sessions, key=lambda n: medians[n])
     ratios = {}
@@ -295,18 +484,34 @@ def main():
         for n in sessions:
             ratios[f"{ours}/{n}"] = medians[ours] / medians[n]
         ratios[f"{ours}/best_ort"] = medians[ours] / medians[best]
+        if st_peers:
+            best_st = max(st_peers, key=lambda n: medians[n])
+            for n in st_peers:
+                ratios[f"{ours}/{n}"] = medians[ours] / medians[n]
+            ratios[f"{ours}/best_st"] = medians[ours] / medians[best_st]
     print(f"best ORT configuration: {best}")
+    if st_peers:
+        print(f"best sentence-transformers configuration: {best_st}")
     print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     print(f"cosine agreement (worst ORT configuration): min {cosines.min():.7f}")
+    if st_cosines is not None:
+        print(f"cosine agreement (worst sentence-transformers configuration): min {st_cosines.min():.7f}")
     summary = {
         "posts": len(texts), "threads": args.threads, "batch_size": args.batch_size, "rounds": args.rounds,
         "ort_version": ort.__version__, "best_ort": best, "rates": rates, "medians": medians, "ratios": ratios,
         "cosine_min": float(cosines.min()), "cosine_mean": float(cosines.mean()),
     }
+    if st_peers:
+        info = st_peers["st_default"].info
+        summary.update({
+            "st_version": info["st_version"], "torch_version": info["torch_version"],
+            "st_max_seq_length": info["max_seq_length"], "best_st": best_st,
+            "st_cosine_min": float(st_cosines.min()), "st_cosine_mean": float(st_cosines.mean()),
+        })
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
-    if cosines.min() < 0.9999:
+    if cosines.min() < 0.9999 or (st_cosines is not None and st_cosines.min() < 0.9999):
         print("FAIL: cosine agreement below 0.9999", file=sys.stderr)
         sys.exit(1)
 
