@@ -16,6 +16,17 @@ engine = methods.get("engine") or methods.get("TLC+TLM rerank")
 tlc = methods["TLC"]
 profile = methods.get("engine + profile location")
 steps = "/".join(str(r["train"]["steps"]) for r in shot["runs"])
+slices = shot.get("slices") or {}
+if slices:
+    held = {rule: slices.get(f"{rule} / held-out cities") for rule in ("zero-shot", "TLC", "engine")}
+    trained = {rule: slices.get(f"{rule} / trained cities") for rule in ("zero-shot", "engine")}
+    if all(held.values()) and all(trained.values()):
+        changed += (
+            f"; held-out cities Acc@1 zero-shot / TLC / engine {held['zero-shot']['overall']['acc1']:.3f} / "
+            f"{held['TLC']['overall']['acc1']:.3f} / {held['engine']['overall']['acc1']:.3f} "
+            f"(trained cities: zero-shot {trained['zero-shot']['overall']['acc1']:.3f}, engine "
+            f"{trained['engine']['overall']['acc1']:.3f})"
+        )
 
 
 def f(x):
