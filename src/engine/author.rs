@@ -22,11 +22,10 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::answer::{rank, Answer, Candidate};
-use super::retrieve::score_city;
+use super::retrieve::{score_city, score_for_ranking, ProfileEvidence};
 use super::snapshot::CityCache;
 use super::Located;
 use crate::geo::CityId;
-use contrastgeo_index::dot;
 
 /// How an author's per-post distributions combine.
 #[derive(
@@ -95,12 +94,12 @@ pub(crate) fn aggregate(
     rule: AuthorRule,
 ) -> Option<AuthorAnswer> {
     let mut shared: Vec<CityId> = Vec::new();
-    let mut seen = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     for located in posts {
         for candidate in &located.answer.top_k {
-            seen.entry(candidate.city_id).or_insert_with(|| {
+            if seen.insert(candidate.city_id) {
                 shared.push(candidate.city_id);
-            });
+            }
         }
     }
     if shared.is_empty() {
@@ -118,6 +117,7 @@ pub(crate) fn aggregate(
     } else {
         vec![1.0; posts.len()]
     };
+    let weight_sum: f64 = weights.iter().sum();
     let combined: Vec<f64> = (0..shared.len())
         .map(|c| match rule {
             AuthorRule::Mixture => {
@@ -126,9 +126,7 @@ pub(crate) fn aggregate(
                     .zip(&weights)
                     .map(|(q, w)| w * q[c])
                     .sum();
-                (mass / weights.iter().sum::<f64>())
-                    .max(f64::MIN_POSITIVE)
-                    .ln()
+                (mass / weight_sum).max(f64::MIN_POSITIVE).ln()
             }
             AuthorRule::Product => distributions
                 .iter()
@@ -216,14 +214,17 @@ fn post_distribution(
         .iter()
         .map(|city| {
             let score = own.get(city).copied().or_else(|| {
-                let entry = scoring.cities.get(*city)?;
-                let scored = score_city(query, entry, scoring.prompt_weight)?;
-                let prior = scoring.population_prior * (entry.city.population as f32).ln_1p();
-                let profile = profile
-                    .and_then(|p| Some(scoring.profile_weight * dot(p, entry.prompt.as_deref()?)));
-                Some(
-                    (scored.retrieval + prior + profile.unwrap_or(0.0)) / scoring.tau + least_logit,
-                )
+                let scored = score_for_ranking(
+                    query,
+                    scoring.cities.get(*city)?,
+                    scoring.prompt_weight,
+                    scoring.population_prior,
+                    profile.map(|vector| ProfileEvidence {
+                        vector,
+                        weight: scoring.profile_weight,
+                    }),
+                )?;
+                Some(scored.ranking() / scoring.tau + least_logit)
             });
             score.map_or(f64::NEG_INFINITY, f64::from)
         })

@@ -79,6 +79,24 @@ pub fn score_city(query: &[f32], entry: &CityEntry, prompt_weight: f32) -> Optio
     })
 }
 
+/// [`score_city`] with what ranking adds: the population prior and the profile bonus.
+pub fn score_for_ranking(
+    query: &[f32],
+    entry: &CityEntry,
+    prompt_weight: f32,
+    population_prior: f32,
+    profile: Option<ProfileEvidence>,
+) -> Option<CityScore> {
+    let mut score = score_city(query, entry, prompt_weight)?;
+    score.prior = population_prior * (entry.city.population as f32).ln_1p();
+    if let (Some(profile), Some(prompt)) = (profile, entry.prompt.as_deref()) {
+        let similarity = dot(profile.vector, prompt);
+        score.profile_similarity = Some(similarity);
+        score.profile_bonus = profile.weight * similarity;
+    }
+    Some(score)
+}
+
 /// The `top_k` best cities among those the `neighbours` belong to, best first (ties by city id).
 pub fn shortlist(
     query: &[f32],
@@ -95,14 +113,7 @@ pub fn shortlist(
         .filter(|n| seen.insert(n.meta.city))
         .filter_map(|n| cities.get(n.meta.city))
         .filter_map(|entry| {
-            let mut score = score_city(query, entry, prompt_weight)?;
-            score.prior = population_prior * (entry.city.population as f32).ln_1p();
-            if let (Some(profile), Some(prompt)) = (profile, entry.prompt.as_deref()) {
-                let similarity = dot(profile.vector, prompt);
-                score.profile_similarity = Some(similarity);
-                score.profile_bonus = profile.weight * similarity;
-            }
-            Some(score)
+            score_for_ranking(query, entry, prompt_weight, population_prior, profile)
         })
         .collect();
     scored.sort_by(|a, b| {
