@@ -106,16 +106,38 @@ cargo build --profile release-cuda --features cuda --bin contrastgeo
 say "built in $(( $(date +%s) - start )) s"
 
 BIN="$CARGO_TARGET_DIR/release-cuda/contrastgeo"
+# Assembled afresh each time, so that nothing of an earlier build is carried by mistake.
+rm -rf "$DIST"
 mkdir -p "$DIST/lib"
 cp "$BIN" "$DIST/contrastgeo"
-# The CUDA libraries the binary needs, except the driver (the GPU machine's own libcuda.so.1).
-for needed in $(readelf -d "$BIN" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
-  case $needed in
-    libcuda.so*) ;;
-    *) [ -e "$CUDA_ROOT/lib/$needed" ] && cp -L "$CUDA_ROOT/lib/$needed" "$DIST/lib/" ;;
-  esac
+# The CUDA libraries the binary needs, and the ones those need in turn (libcublas.so.13 needs
+# libcublasLt.so.13, found through its own $ORIGIN runpath), except the driver (the GPU machine's own
+# libcuda.so.1) and the system's libraries (not in the toolkit).
+needed_of() { readelf -d "$1" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'; }
+pending=$(needed_of "$BIN")
+while [ -n "$pending" ]; do
+  next=""
+  for needed in $pending; do
+    case $needed in libcuda.so*) continue ;; esac
+    # Only the toolkit's libraries, each once.
+    [ -e "$CUDA_ROOT/lib/$needed" ] && [ ! -e "$DIST/lib/$needed" ] || continue
+    cp -L "$CUDA_ROOT/lib/$needed" "$DIST/lib/"
+    next="$next $(needed_of "$DIST/lib/$needed")"
+  done
+  pending=$next
 done
 # NVRTC compiles candle's kernels at run time and loads its builtins library by name.
 cp -L "$CUDA_ROOT"/lib/libnvrtc-builtins.so.* "$DIST/lib/" 2>/dev/null || true
 say "binary: $DIST/contrastgeo ($(du -h "$DIST/contrastgeo" | cut -f1)); libraries: $DIST/lib ($(du -sh "$DIST/lib" | cut -f1))"
 say "needs at run time: $(readelf -d "$BIN" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
+# Check that every library but the driver resolves from the directory as it will be carried: start the
+# binary with the link-time stub standing in for libcuda.so.1 (only here, never copied), ask its version.
+check_dir=$(mktemp -d)
+cp "$TOOLKIT/stubs/libcuda.so" "$check_dir/libcuda.so.1"
+if version=$(env -u LD_LIBRARY_PATH LD_LIBRARY_PATH="$check_dir" "$DIST/contrastgeo" --version 2>&1); then
+  say "the carried directory resolves every library but the driver: $version"
+else
+  rm -rf "$check_dir"
+  die "the binary does not start from $DIST with a stand-in driver: $version"
+fi
+rm -rf "$check_dir"

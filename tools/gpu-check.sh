@@ -4,7 +4,10 @@
 # Two steps:
 #   1. On the build machine, make a bundle (the CUDA binary and its libraries from tools/build-cuda.sh, an f16
 #      copy of the model, the benchmark data, this script):
-#        tools/gpu-check.sh --bundle target/gpu-bundle [--data ../shared/data]
+#        tools/gpu-check.sh --bundle target/gpu-bundle [--data ../shared/data] [--no-libs]
+#      (--no-libs leaves out the ~700 MB of CUDA libraries, the check then taking the GPU machine's own CUDA 13
+#      cuBLAS/cuRAND from a system toolkit or its Python's nvidia-* wheels, and compresses the binary: ~58 MB
+#      in all, under the device tool's 64 MiB carry limit)
 #      (the f16 copy is made with target/peer-venv's numpy + safetensors; run tools/peer_bench.sh once first).
 #      The benchmark data is not to be published: carry the bundle only to machines of the project.
 #   2. On the GPU machine, from inside the bundle:
@@ -31,10 +34,12 @@ if [ "${1:-}" = --bundle ]; then
   shift 2
   DATA=../shared/data
   BIN_DIR=target/cuda-dist
+  NO_LIBS=0
   while [ $# -gt 0 ]; do
     case $1 in
       --data) DATA=$2; shift 2 ;;
       --bin-dir) BIN_DIR=$2; shift 2 ;;
+      --no-libs) NO_LIBS=1; shift ;;
       *) die "unknown option $1" ;;
     esac
   done
@@ -44,7 +49,15 @@ if [ "${1:-}" = --bundle ]; then
   [ -x "$PY" ] || die "$PY missing: run tools/peer_bench.sh once (it makes the venv with numpy + safetensors)"
   MODEL=${CONTRASTGEO_MODEL:-${CONTRASTGEO_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/contrastgeo}/models/all-MiniLM-L6-v2}
   mkdir -p "$BUNDLE/model-f16" "$BUNDLE/data"
-  cp -r "$BIN_DIR"/. "$BUNDLE/"
+  if [ "$NO_LIBS" = 1 ]; then
+    # cuBLAS/cuBLASLt/cuRAND are ~700 MB: too much to carry where the carrier limits size (the device
+    # tool carries 64 MiB); the GPU machine's own CUDA 13 libraries are found at check time instead.
+    # and the binary goes xz-compressed (22 MB -> ~4 MB), unpacked by python3's lzma on the GPU machine.
+    command -v xz >/dev/null || die "xz is needed for --no-libs"
+    xz -T2 -6 -c "$BIN_DIR/contrastgeo" >"$BUNDLE/contrastgeo.xz"
+  else
+    cp -r "$BIN_DIR"/. "$BUNDLE/"
+  fi
   cp "$MODEL/config.json" "$MODEL/tokenizer.json" "$BUNDLE/model-f16/"
   "$PY" - "$MODEL/model.safetensors" "$BUNDLE/model-f16/model.safetensors" <<'EOF'
 import sys
@@ -79,10 +92,37 @@ while [ $# -gt 0 ]; do
     *) die "unknown option $1" ;;
   esac
 done
+if [ ! -x "$BIN" ] && [ -f "$BIN.xz" ]; then
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$BIN.xz" "$BIN"
+  chmod +x "$BIN"
+fi
 [ -x "$BIN" ] || die "$BIN not found (run from the bundle, or pass --bin)"
 [ -f "$MODEL/model.safetensors" ] || die "$MODEL/model.safetensors not found (pass --model)"
 [ -f "$DATA/posts.jsonl" ] || die "$DATA/posts.jsonl not found (pass --data)"
 command -v python3 >/dev/null || die "python3 is needed (standard library only)"
+# A bundle made with --no-libs brings no CUDA libraries: take the machine's CUDA 13 cuBLAS/cuRAND, from a
+# system toolkit or from the nvidia-* wheels of its Python (PyTorch's CUDA 13 builds install them).
+if [ ! -d "$(dirname "$BIN")/lib" ] && [ "$DEVICE" = cuda ]; then
+  found=$(python3 - <<'EOF'
+import glob, os, site, sys
+roots = site.getsitepackages() + [site.getusersitepackages(), "/usr/local/cuda/lib64", "/usr/lib/x86_64-linux-gnu"]
+dirs = []
+for name in ("libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10"):
+    for root in roots:
+        hits = glob.glob(os.path.join(root, "**", name), recursive=True) if os.path.isdir(root) else []
+        if hits:
+            d = os.path.dirname(hits[0])
+            if d not in dirs:
+                dirs.append(d)
+            break
+    else:
+        sys.exit(f"{name} not found under {roots}")
+print(":".join(dirs))
+EOF
+  ) || die "the bundle has no lib/ and this machine has no CUDA 13 cuBLAS/cuRAND: $found"
+  export LD_LIBRARY_PATH="$found${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  say "CUDA libraries from this machine: $found"
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export CONTRASTGEO_MODEL=$MODEL
