@@ -7,11 +7,15 @@
 //!
 //! - [`retrieve`]: the HNSW neighbours propose cities; each city is then scored exactly against its own
 //!   vectors: `prompt_weight * prompt similarity + (1 - prompt_weight) * best support similarity`, or the
-//!   prompt similarity alone for a city without support posts (the zero-shot gazetteer).
+//!   prompt similarity alone for a city without support posts (the zero-shot gazetteer). A post's profile
+//!   location, when given, proposes cities too and adds `profile_weight * cosine(profile, prompt)`.
 //! - [`rerank`]: when the model's TLM head was trained, the final score of a shortlisted city is the head's
 //!   logit plus the retrieval score divided by the contrastive temperature `tau`; otherwise it is the
 //!   retrieval score divided by `tau`, which keeps the retrieval order. Probabilities are the softmax of the
 //!   final scores over the shortlist.
+//! - [`answer`]: ranks the shortlist, answers neighbourhood-like gazetteer entries as their city
+//!   (`collapse_km`), and withholds the `city` label below `min_confidence`.
+//! - [`author`]: one answer for an author from all of their posts.
 //! - [`build`]: writes a complete store (cities, support posts, their vectors, the graph dump) for a model.
 //! - [`snapshot`]: one immutable generation (model + index + city cache). The [`Engine`] holds it behind an
 //!   `Arc` and swaps it atomically on reload; running queries finish on the generation they started with.
@@ -43,7 +47,6 @@ pub use live::{
     RetrainReport,
 };
 pub use snapshot::{CityCache, CityEntry, Snapshot};
-// `PostQuery` is defined below.
 
 use crate::geo::City;
 use crate::model::pooling::to_rows;
