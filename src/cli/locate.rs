@@ -232,6 +232,21 @@ const AUTHOR_CSV_COLUMNS: [&str; 10] = [
     "probability",
 ];
 
+/// The answer's columns of a CSV row, after the row's first two (the last 8 of [`CSV_COLUMNS`] and
+/// [`AUTHOR_CSV_COLUMNS`]).
+fn city_columns(answer: &Answer) -> [String; 8] {
+    [
+        answer.city_id.to_string(),
+        answer.name.clone(),
+        answer.admin1.clone().unwrap_or_default(),
+        answer.country.clone(),
+        answer.lat.to_string(),
+        answer.lon.to_string(),
+        answer.score.to_string(),
+        answer.probability.to_string(),
+    ]
+}
+
 /// Writes answers in the chosen [`OutputFormat`].
 enum AnswerWriter {
     Jsonl(Box<dyn Write>),
@@ -271,18 +286,11 @@ impl AnswerWriter {
                     Some(serde_json::Value::String(s)) => s.clone(),
                     Some(other) => other.to_string(),
                 };
-                csv.write_record([
-                    line.line.to_string(),
-                    id,
-                    answer.city_id.to_string(),
-                    answer.name.clone(),
-                    answer.admin1.clone().unwrap_or_default(),
-                    answer.country.clone(),
-                    answer.lat.to_string(),
-                    answer.lon.to_string(),
-                    answer.score.to_string(),
-                    answer.probability.to_string(),
-                ])?;
+                csv.write_record(
+                    [line.line.to_string(), id]
+                        .into_iter()
+                        .chain(city_columns(answer)),
+                )?;
             }
         }
         Ok(())
@@ -308,19 +316,11 @@ impl AnswerWriter {
                 out.write_all(b"\n")?;
             }
             Self::Csv(csv) => {
-                let a = &answer.answer;
-                csv.write_record([
-                    user.to_string(),
-                    lines.len().to_string(),
-                    a.city_id.to_string(),
-                    a.name.clone(),
-                    a.admin1.clone().unwrap_or_default(),
-                    a.country.clone(),
-                    a.lat.to_string(),
-                    a.lon.to_string(),
-                    a.score.to_string(),
-                    a.probability.to_string(),
-                ])?;
+                csv.write_record(
+                    [user.to_string(), lines.len().to_string()]
+                        .into_iter()
+                        .chain(city_columns(&answer.answer)),
+                )?;
             }
         }
         Ok(())

@@ -135,28 +135,19 @@ impl EngineConfig {
                 self.neighbours, self.top_k, self.rerank_batch
             ));
         }
-        if !(self.collapse_km.is_finite() && self.collapse_km >= 0.0) {
-            return bad(format!(
-                "collapse_km must be a finite number >= 0, got {}",
-                self.collapse_km
-            ));
+        for (name, value) in [
+            ("collapse_km", self.collapse_km),
+            ("profile_weight", self.profile_weight),
+            ("population_prior", self.population_prior),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return bad(format!("{name} must be a finite number >= 0, got {value}"));
+            }
         }
         if !(0.0..=1.0).contains(&self.min_confidence) {
             return bad(format!(
                 "min_confidence must be within [0, 1], got {}",
                 self.min_confidence
-            ));
-        }
-        if !(self.profile_weight.is_finite() && self.profile_weight >= 0.0) {
-            return bad(format!(
-                "profile_weight must be a finite number >= 0, got {}",
-                self.profile_weight
-            ));
-        }
-        if !(self.population_prior.is_finite() && self.population_prior >= 0.0) {
-            return bad(format!(
-                "population_prior must be a finite number >= 0, got {}",
-                self.population_prior
             ));
         }
         if !(0.0..=1.0).contains(&self.prompt_weight) {
