@@ -354,15 +354,7 @@ pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
     )?;
     let bar = bulk_progress(size);
     let (mut located, mut rejected) = (0u64, 0usize);
-    loop {
-        let (chunk, bytes) = reader.next_chunk(CHUNK_LINES).context("reading input")?;
-        if chunk.is_empty() {
-            break;
-        }
-        let mine = chunk
-            .into_iter()
-            .filter(|l| args.shard.is_none_or(|s| s.owns(l.line)));
-        let (good, bad) = keep_posts(mine, &bar);
+    while let Some((good, bad, bytes)) = next_posts(&mut reader, args.shard, &bar)? {
         rejected += bad;
         let posts: Vec<PostQuery> = good.iter().filter_map(post_query).collect();
         let answers = engine.locate_posts(&posts)?;
@@ -377,6 +369,24 @@ pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
     bar.finish_and_clear();
     tracing::info!(located, rejected, "locate finished");
     Ok(rejected)
+}
+
+/// The next chunk of input: the posts of this shard to locate, how many of its lines were rejected (each
+/// reported by [`keep_posts`]), and the input bytes it covered; `None` at the end of the input.
+fn next_posts(
+    reader: &mut PostReader,
+    shard: Option<Shard>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Option<(Vec<InputLine>, usize, u64)>> {
+    let (chunk, bytes) = reader.next_chunk(CHUNK_LINES).context("reading input")?;
+    if chunk.is_empty() {
+        return Ok(None);
+    }
+    let mine = chunk
+        .into_iter()
+        .filter(|l| shard.is_none_or(|s| s.owns(l.line)));
+    let (good, bad) = keep_posts(mine, bar);
+    Ok(Some((good, bad, bytes)))
 }
 
 /// The query for a kept input line (text and profile location).
@@ -402,15 +412,7 @@ fn locate_authors(
     let mut rejected = 0usize;
     let mut authors: Vec<(String, Vec<InputLine>)> = Vec::new();
     let mut position: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    loop {
-        let (chunk, bytes) = reader.next_chunk(CHUNK_LINES).context("reading input")?;
-        if chunk.is_empty() {
-            break;
-        }
-        let mine = chunk
-            .into_iter()
-            .filter(|l| args.shard.is_none_or(|s| s.owns(l.line)));
-        let (good, bad) = keep_posts(mine, &bar);
+    while let Some((good, bad, bytes)) = next_posts(reader, args.shard, &bar)? {
         rejected += bad;
         for line in good {
             let Some(user) = line.user.clone() else {

@@ -253,13 +253,8 @@ impl Engine {
             return Ok(Vec::new());
         }
         let snapshot = self.snapshot();
-        // One view of the city table for the whole call, even while cities are added live.
-        let view = View {
-            cities: snapshot.cities(),
-            snapshot: &snapshot,
-        };
         Ok(self
-            .locate_in(&view, posts)?
+            .locate_in(&View::of(&snapshot), posts)?
             .into_iter()
             .map(|located| located.answer)
             .collect())
@@ -319,10 +314,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let snapshot = self.snapshot();
-        let view = View {
-            cities: snapshot.cities(),
-            snapshot: &snapshot,
-        };
+        let view = View::of(&snapshot);
         let mut located = self.locate_in(&view, &posts)?.into_iter();
         let scoring = author::Scoring {
             cities: &view.cities,
@@ -541,6 +533,16 @@ impl Located {
 struct View<'a> {
     snapshot: &'a Snapshot,
     cities: Arc<CityCache>,
+}
+
+impl<'a> View<'a> {
+    /// One view of `snapshot`'s city table for a whole call, even while cities are added live.
+    fn of(snapshot: &'a Snapshot) -> Self {
+        Self {
+            cities: snapshot.cities(),
+            snapshot,
+        }
+    }
 }
 
 /// Candidates for a shortlist; `score(scored, position)` gives each its final score and TLM logit.

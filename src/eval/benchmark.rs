@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::{centroids, rank_by_cosine, tlc_rankings, to_predictions, EvalStore, MethodReport};
 use crate::data::split::{sample_k_shot, test_posts, Split};
 use crate::data::{assign_cities, read_labelled_posts, CityPost, DataError};
-use crate::engine::{Answer, AuthorRule, EngineConfig, EngineError, PostQuery};
+use crate::engine::{AuthorRule, EngineConfig, EngineError, PostQuery};
 use crate::eval::{Metrics, Prediction};
 use crate::geo::{CityTable, GeoError};
 use crate::model::{GeoModel, ModelError};
@@ -188,13 +188,13 @@ impl AuthorReport {
     }
 }
 
-/// The author-level figures of `store`'s engine on the `test` posts that carry an author; `answers` are the
-/// engine's per-post answers to `texts` (the test posts, rendered).
+/// The author-level figures of `store`'s engine on the `test` posts that carry an author; `per_post` are the
+/// engine's per-post predictions for `texts` (the test posts, rendered).
 fn author_report(
     store: &EvalStore,
     test: &[CityPost],
     texts: &[&str],
-    answers: &[Answer],
+    per_post: &[Prediction],
     table: &crate::geo::CityTable,
     rule: AuthorRule,
 ) -> Result<Option<AuthorReport>, EvalError> {
@@ -260,12 +260,7 @@ fn author_report(
                 });
             }
             many.push(prediction.clone());
-            for &i in posts.iter() {
-                their_posts.push(Prediction {
-                    ranked: store.ranking(&answers[i]),
-                    ..super::to_predictions(&test[i..=i], vec![Vec::new()], table).remove(0)
-                });
-            }
+            their_posts.extend(posts.iter().map(|&i| per_post[i].clone()));
         }
         authors.push(prediction);
     }
@@ -415,13 +410,17 @@ pub fn run(
             let tlc = tlc_rankings(&model, &data.cities, &test_refs)?;
             let store =
                 EvalStore::build(Arc::new(model), &data.cities, &support, spec.engine.clone())?;
-            let answers = store.answers(&test_refs)?;
-            let engine: Vec<Vec<usize>> = answers.iter().map(|a| store.ranking(a)).collect();
+            let engine: Vec<Vec<usize>> = store
+                .answers(&test_refs)?
+                .iter()
+                .map(|a| store.ranking(a))
+                .collect();
+            let engine = to_predictions(&test, engine, &data.cities);
             let authors = author_report(
                 &store,
                 &test,
                 &test_refs,
-                &answers,
+                &engine,
                 &data.cities,
                 spec.author_rule,
             )?;
@@ -432,10 +431,7 @@ pub fn run(
                 METHODS[2].to_string(),
                 to_predictions(&test, tlc, &data.cities),
             );
-            predictions.insert(
-                METHODS[3].to_string(),
-                to_predictions(&test, engine, &data.cities),
-            );
+            predictions.insert(METHODS[3].to_string(), engine);
             // The same engine, told each post's profile location where the post has one (not the
             // method's own text-only setting; the slice of posts with a profile shows what it adds).
             let with_profile: Vec<PostQuery> = test
