@@ -209,6 +209,9 @@ fn the_tlm_rerank_scores_every_shortlisted_city_and_batching_does_not_change_ans
     );
     let config = EngineConfig {
         rerank_batch: 7, // several head passes and groups
+        // Scores here are exactly the head's logit plus retrieval / tau: no bonus for the cities the
+        // queries name (tested apart, below).
+        mention_weight: 0.0,
         ..Default::default()
     };
     let engine = Engine::open(&store, Arc::clone(&reranking), config).unwrap();
@@ -237,6 +240,82 @@ fn the_tlm_rerank_scores_every_shortlisted_city_and_batching_does_not_change_ans
             );
         }
     }
+}
+
+#[test]
+fn a_place_the_post_names_points_at_its_city_even_when_the_store_lacks_that_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    build(&store, &model(), cities().cities(), &support_posts());
+    let posts = [
+        // Evanston is not a stored city: the gazetteer places it 19 km from Chicago.
+        "Brunch with the whole family in Evanston this morning",
+        // A stored city named mid-sentence.
+        "Rain again, typical weekend in Portland",
+        // A capitalised word opening the post is not taken for a place ("Phoenix" the bird).
+        "Phoenix rising from the ashes, that is me this year",
+    ];
+    let plain = Engine::open(
+        &store,
+        model(),
+        EngineConfig {
+            mention_weight: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .locate(&posts)
+    .unwrap();
+    let with_mentions = Engine::open(&store, model(), EngineConfig::default())
+        .unwrap()
+        .locate(&posts)
+        .unwrap();
+    assert!(plain
+        .iter()
+        .flat_map(|a| &a.top_k)
+        .all(|c| c.mention.is_none()));
+
+    // Evanston pulls Chicago up (whether it wins depends on what else the text says).
+    let chicago = |answer: &contrastgeo::engine::Answer| {
+        answer
+            .top_k
+            .iter()
+            .position(|c| c.name == "Chicago")
+            .map(|at| (at, answer.top_k[at].clone()))
+    };
+    let (rank, named) = chicago(&with_mentions[0]).unwrap_or_else(|| {
+        panic!(
+            "needs the gazetteer of tools/setup.sh in the data home: {:?}",
+            with_mentions[0].top_k
+        )
+    });
+    assert_eq!(named.mention.as_deref(), Some("Evanston"));
+    match chicago(&plain[0]) {
+        Some((plain_rank, plain_chicago)) => {
+            assert!(rank <= plain_rank, "{rank} vs {plain_rank}");
+            assert!(named.score > plain_chicago.score + 1.0, "{named:?}");
+        }
+        None => assert!(rank < 10),
+    }
+    let portland = &with_mentions[1];
+    assert_eq!(portland.name, "Portland", "{:?}", portland.top_k);
+    assert_eq!(portland.top_k[0].mention.as_deref(), Some("Portland"));
+    // The bonus is mention_weight (strength 1: one Portland within reach) over tau, on top of the same
+    // retrieval score.
+    let before = plain[1]
+        .top_k
+        .iter()
+        .find(|c| c.name == "Portland")
+        .expect("Portland is on the plain shortlist too");
+    let tau = model().config().tau as f32;
+    let bonus = EngineConfig::default().mention_weight / tau;
+    assert!(
+        (portland.top_k[0].score - before.score - bonus).abs() < 1e-3,
+        "{} vs {} + {bonus}",
+        portland.top_k[0].score,
+        before.score
+    );
+    assert!(with_mentions[2].top_k.iter().all(|c| c.mention.is_none()));
 }
 
 fn reported(stderr: &str, prefix: &str) -> String {

@@ -74,14 +74,19 @@ pub struct EngineArgs {
     /// Support posts returned as evidence per answer.
     #[arg(long, default_value_t = EngineConfig::default().evidence)]
     pub evidence: usize,
-    /// Weight of the population prior (added to a city's similarity: weight * ln(1 + population)) [default:
-    /// 0.03 on the zero-shot world store, 0 on a store of your own].
+    /// Weight of the population prior (added to a city's similarity: weight * ln(1 + population); a city of
+    /// unknown population counts as the store's median) [default: 0.03 on the zero-shot world store, 0.02 on
+    /// a store of your own].
     #[arg(long, env = "CONTRASTGEO_POPULATION_PRIOR", value_parser = flags::non_negative_f32)]
     pub population_prior: Option<f32>,
     /// Weight of a post's profile location (`user_location`), when the input carries one: added to each
     /// candidate's similarity as weight * cosine(profile, city prompt); 0 ignores profiles.
     #[arg(long, env = "CONTRASTGEO_PROFILE_WEIGHT", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().profile_weight)]
     pub profile_weight: f32,
+    /// Weight of the place names a post writes ("Brooklyn", "Round Rock"): the stored cities within 50 km
+    /// of a named place (gazetteer and stored names) gain weight * strength; 0 ignores place names.
+    #[arg(long, env = "CONTRASTGEO_MENTION_WEIGHT", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().mention_weight)]
+    pub mention_weight: f32,
     /// Answer a gazetteer neighbourhood or suburb (no support posts, within this many km of a city at least
     /// 5 times as populous) as that city; 0 keeps them apart.
     #[arg(long, env = "CONTRASTGEO_COLLAPSE_KM", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().collapse_km)]
@@ -102,16 +107,19 @@ impl EngineArgs {
             ef_search: self.ef_search,
             rerank_batch: self.rerank_batch,
             evidence: self.evidence,
-            population_prior: self.population_prior.unwrap_or(0.0),
+            population_prior: self
+                .population_prior
+                .unwrap_or(crate::engine::DEFAULT_POPULATION_PRIOR),
             profile_weight: self.profile_weight,
+            mention_weight: self.mention_weight,
             collapse_km: self.collapse_km,
             min_confidence: self.min_confidence.unwrap_or(0.0),
         }
     }
 
     /// [`EngineArgs::config`] for the store in `store`: the world default store (no store given) gets the
-    /// population prior tuned for it unless the flag says otherwise. A store of labelled cities does not:
-    /// its support posts carry the evidence a prior would drown.
+    /// population prior and abstain threshold tuned for it unless the flags say otherwise (its zero-shot
+    /// prompts need a stronger prior than a store whose support posts carry evidence).
     pub fn config_for(&self, store: Option<&std::path::Path>) -> EngineConfig {
         let mut config = self.config();
         if store.is_none() && self.population_prior.is_none() {

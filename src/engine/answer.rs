@@ -34,6 +34,10 @@ pub struct Candidate {
     pub support_similarity: Option<f32>,
     /// The TLM head's matching logit, when it reranked.
     pub tlm_logit: Option<f32>,
+    /// The place name written in the post that points at this city (the city itself, or a place within
+    /// 50 km of it), when one does; it added `mention_weight * strength` to the city's score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mention: Option<String>,
 }
 
 /// A support post of the answered city that resembles the query, shown as evidence.
@@ -94,6 +98,7 @@ impl Candidate {
             prompt_similarity: scored.prompt_similarity,
             support_similarity: scored.support_similarity,
             tlm_logit: None,
+            mention: scored.mention.clone(),
         }
     }
 }
@@ -213,6 +218,7 @@ mod tests {
             prompt_similarity: None,
             support_similarity: None,
             tlm_logit: None,
+            mention: None,
         }
     }
 

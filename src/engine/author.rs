@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::answer::{rank, Answer, Candidate};
-use super::retrieve::{score_city, score_for_ranking, ProfileEvidence};
+use super::retrieve::{score_city, score_for_ranking, PopulationPrior};
 use super::snapshot::CityCache;
 use super::Located;
 use crate::geo::CityId;
@@ -79,6 +79,7 @@ pub(crate) struct Scoring<'a> {
     pub prompt_weight: f32,
     pub population_prior: f32,
     pub profile_weight: f32,
+    pub mention_weight: f32,
     pub min_confidence: f32,
     pub tau: f32,
     pub top_k: usize,
@@ -107,7 +108,7 @@ pub(crate) fn aggregate(
     }
     let distributions: Vec<Vec<f64>> = posts
         .iter()
-        .map(|located| post_distribution(located.parts(), &shared, scoring))
+        .map(|located| post_distribution(located, &shared, scoring))
         .collect();
     let weights: Vec<f64> = distributions.iter().map(|q| informativeness(q)).collect();
     let total_weight: f64 = weights.iter().sum();
@@ -157,6 +158,8 @@ pub(crate) fn aggregate(
                     prior: 0.0,
                     profile_similarity: None,
                     profile_bonus: 0.0,
+                    mention: None,
+                    mention_bonus: 0.0,
                 },
             );
             candidate.tlm_logit = None;
@@ -198,11 +201,12 @@ pub(crate) fn aggregate(
 }
 
 /// A post's probabilities over the `shared` candidates (see the module documentation, step 2).
-fn post_distribution(
-    (answer, query, profile): (&Answer, &[f32], Option<&[f32]>),
-    shared: &[CityId],
-    scoring: &Scoring,
-) -> Vec<f64> {
+fn post_distribution(located: &Located, shared: &[CityId], scoring: &Scoring) -> Vec<f64> {
+    let (answer, query) = (&located.answer, located.query.as_slice());
+    let prior = PopulationPrior::over(scoring.population_prior, scoring.cities);
+    let evidence = located
+        .signals
+        .evidence(scoring.profile_weight, scoring.mention_weight);
     let own: HashMap<CityId, f32> = answer.top_k.iter().map(|c| (c.city_id, c.score)).collect();
     let least_logit = answer
         .top_k
@@ -218,11 +222,8 @@ fn post_distribution(
                     query,
                     scoring.cities.get(*city)?,
                     scoring.prompt_weight,
-                    scoring.population_prior,
-                    profile.map(|vector| ProfileEvidence {
-                        vector,
-                        weight: scoring.profile_weight,
-                    }),
+                    prior,
+                    evidence,
                 )?;
                 Some(scored.ranking() / scoring.tau + least_logit)
             });

@@ -30,6 +30,7 @@ pub mod rerank;
 pub mod retrieve;
 pub mod snapshot;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -48,19 +49,30 @@ pub use live::{
 };
 pub use snapshot::{CityCache, CityEntry, Snapshot};
 
+use crate::geo::mentions::PlaceNames;
 use crate::geo::City;
 use crate::model::pooling::to_rows;
 use crate::model::tokenize::length_buckets;
 use crate::model::{ForwardMode, GeoModel, ModelError};
-use retrieve::CityScore;
+use retrieve::{CityScore, MentionedCity, PostEvidence, ProfileEvidence};
 
-/// Default weight of the population prior (see [`EngineConfig::population_prior`]): off, since on a store
-/// of labelled cities the support posts carry the evidence.
-pub const DEFAULT_POPULATION_PRIOR: f32 = 0.0;
+/// Default weight of the population prior (see [`EngineConfig::population_prior`]) on a store of labelled
+/// cities, measured on the benchmark (README, "Place names and the population prior"): more posts come from
+/// bigger cities, and a light prior breaks near-ties their way without costing the small cities (macro
+/// accuracy holds; 0.04 starts to cost it).
+pub const DEFAULT_POPULATION_PRIOR: f32 = 0.02;
 
 /// Default weight of a post's profile location (see [`EngineConfig::profile_weight`]), measured on the
 /// benchmark's posts that carry one (README, "Profile location").
 pub const DEFAULT_PROFILE_WEIGHT: f32 = 0.5;
+
+/// Default weight of a place name written in a post (see [`EngineConfig::mention_weight`]), measured on the
+/// benchmark (README, "Place names in posts").
+pub const DEFAULT_MENTION_WEIGHT: f32 = 0.1;
+
+/// How far a named place may lie from a stored city and still point at it: a suburb or neighbourhood of a
+/// metro area ("Round Rock" for Austin, "Evanston" for Chicago).
+pub const MENTION_KM: f64 = 50.0;
 
 /// Default collapse radius (see [`EngineConfig::collapse_km`]).
 pub const DEFAULT_COLLAPSE_KM: f32 = 10.0;
@@ -99,6 +111,11 @@ pub struct EngineConfig {
     /// `profile_weight * cosine(profile, city prompt)` is added to each candidate's retrieval score, and the
     /// cities the profile resembles join the candidates. 0 ignores profiles.
     pub profile_weight: f32,
+    /// Weight of the place names a post writes ("Brooklyn", "Round Rock"): each stored city within
+    /// [`MENTION_KM`] of a named place joins the candidates and gains `mention_weight * strength` (strength
+    /// in (0, 1]: the named place's share of its namesakes' population). Names come from the stored cities
+    /// and, when the data home has it, the whole gazetteer. 0 ignores place names.
+    pub mention_weight: f32,
     /// A gazetteer entry without support posts within this many km of a city at least 5 times as populous
     /// is answered as that city (neighbourhoods and suburbs: "Chicago Loop" is answered as Chicago). 0 keeps
     /// every entry apart.
@@ -119,6 +136,7 @@ impl Default for EngineConfig {
             evidence: 3,
             population_prior: DEFAULT_POPULATION_PRIOR,
             profile_weight: DEFAULT_PROFILE_WEIGHT,
+            mention_weight: DEFAULT_MENTION_WEIGHT,
             collapse_km: DEFAULT_COLLAPSE_KM,
             min_confidence: 0.0,
         }
@@ -138,6 +156,7 @@ impl EngineConfig {
         for (name, value) in [
             ("collapse_km", self.collapse_km),
             ("profile_weight", self.profile_weight),
+            ("mention_weight", self.mention_weight),
             ("population_prior", self.population_prior),
         ] {
             if !(value.is_finite() && value >= 0.0) {
@@ -172,6 +191,9 @@ impl EngineConfig {
 pub struct Engine {
     config: EngineConfig,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// The gazetteer's place names (beyond the stored cities' own), when mentions count and the data home
+    /// has the gazetteer.
+    gazetteer_names: Option<Arc<PlaceNames>>,
 }
 
 impl Engine {
@@ -184,17 +206,18 @@ impl Engine {
 
     /// An engine over an opened snapshot.
     pub fn with_snapshot(snapshot: Snapshot, config: EngineConfig) -> Self {
-        Self {
-            config,
-            snapshot: RwLock::new(Arc::new(snapshot)),
-        }
+        Self::with_shared(Arc::new(snapshot), config)
     }
 
     /// An engine over a snapshot that others hold too (e.g. the live generation, for a comparison).
     pub fn with_shared(snapshot: Arc<Snapshot>, config: EngineConfig) -> Self {
+        let gazetteer_names = (config.mention_weight > 0.0)
+            .then(crate::geo::mentions::gazetteer_names)
+            .flatten();
         Self {
             config,
             snapshot: RwLock::new(snapshot),
+            gazetteer_names,
         }
     }
 
@@ -261,12 +284,62 @@ impl Engine {
     }
 
     fn locate_in(&self, view: &View, posts: &[PostQuery]) -> Result<Vec<Located>> {
-        let profiles = self.profile_vectors(view, posts)?;
+        let signals: Vec<PostSignals> = self
+            .profile_vectors(view, posts)?
+            .into_iter()
+            .zip(posts)
+            .map(|(profile, post)| PostSignals {
+                profile,
+                mentions: self.mentioned_cities(view, post.text),
+            })
+            .collect();
         if view.snapshot.model().config().head_trained {
-            self.locate_reranked(view, posts, profiles)
+            self.locate_reranked(view, posts, signals)
         } else {
-            self.locate_retrieved(view, posts, profiles)
+            self.locate_retrieved(view, posts, signals)
         }
+    }
+
+    /// The stored cities the place names in `text` point at (see [`EngineConfig::mention_weight`]).
+    fn mentioned_cities(&self, view: &View, text: &str) -> Vec<MentionedCity> {
+        if self.config.mention_weight <= 0.0 {
+            return Vec::new();
+        }
+        // (written name, city) -> the largest share of that name's places pointing at the city. The same
+        // name found in both tables (a stored gazetteer city) counts once.
+        let mut by_name: HashMap<(String, crate::geo::CityId), f32> = HashMap::new();
+        let tables =
+            std::iter::once(view.cities.place_names()).chain(self.gazetteer_names.as_deref());
+        for table in tables {
+            for mention in table.find(text) {
+                for place in mention.places {
+                    let Some((city, _)) =
+                        view.cities.nearest_within(place.lat, place.lon, MENTION_KM)
+                    else {
+                        continue;
+                    };
+                    let share = by_name
+                        .entry((mention.written.clone(), city))
+                        .or_insert(0.0);
+                    *share = share.max(place.share);
+                }
+            }
+        }
+        let mut by_city: HashMap<crate::geo::CityId, MentionedCity> = HashMap::new();
+        for ((written, city), share) in by_name {
+            let entry = by_city.entry(city).or_insert_with(|| MentionedCity {
+                city,
+                written: written.clone(),
+                strength: 0.0,
+            });
+            if share > entry.strength || (share == entry.strength && written < entry.written) {
+                entry.written = written;
+            }
+            entry.strength = (entry.strength + share).min(1.0);
+        }
+        let mut cities: Vec<MentionedCity> = by_city.into_values().collect();
+        cities.sort_by_key(|m| m.city);
+        cities
     }
 
     /// The unit vector of each post's profile location (the location encoder's, the same space as the
@@ -321,6 +394,7 @@ impl Engine {
             prompt_weight: self.config.prompt_weight,
             population_prior: self.config.population_prior,
             profile_weight: self.config.profile_weight,
+            mention_weight: self.config.mention_weight,
             min_confidence: self.config.min_confidence,
             tau: snapshot.model().config().tau as f32,
             top_k: self.config.top_k,
@@ -340,7 +414,7 @@ impl Engine {
         &self,
         view: &View,
         posts: &[PostQuery],
-        profiles: Vec<Option<Vec<f32>>>,
+        signals: Vec<PostSignals>,
     ) -> Result<Vec<Located>> {
         let texts: Vec<&str> = posts.iter().map(|p| p.text).collect();
         let queries = view.snapshot.model().post_encoder().embed(&texts)?;
@@ -348,17 +422,17 @@ impl Engine {
         let tau = snapshot.model().config().tau as f32;
         queries
             .into_par_iter()
-            .zip(profiles)
+            .zip(signals)
             .enumerate()
-            .map(|(index, (query, profile))| {
-                let shortlist = self.shortlist(view, &query, profile.as_deref())?;
+            .map(|(index, (query, signals))| {
+                let shortlist = self.shortlist(view, &query, &signals)?;
                 let candidates = candidates(&view.cities, &shortlist, |scored, _| {
                     (scored.ranking() / tau, None)
                 });
                 Ok(Located {
                     answer: self.answer(view, index, &query, candidates)?,
                     query,
-                    profile,
+                    signals,
                 })
             })
             .collect()
@@ -370,7 +444,7 @@ impl Engine {
         &self,
         view: &View,
         posts: &[PostQuery],
-        profiles: Vec<Option<Vec<f32>>>,
+        signals: Vec<PostSignals>,
     ) -> Result<Vec<Located>> {
         let texts: Vec<&str> = posts.iter().map(|p| p.text).collect();
         let model = view.snapshot.model();
@@ -394,7 +468,7 @@ impl Engine {
                 let shortlists = queries
                     .iter()
                     .zip(&group)
-                    .map(|(query, &index)| self.shortlist(view, query, profiles[index].as_deref()))
+                    .map(|(query, &index)| self.shortlist(view, query, &signals[index]))
                     .collect::<Result<Vec<_>>>()?;
                 let logits = rerank::tlm_logits(
                     model,
@@ -415,7 +489,7 @@ impl Engine {
                         Ok(Located {
                             answer: self.answer(view, index, &query, candidates)?,
                             query,
-                            profile: profiles[index].clone(),
+                            signals: signals[index].clone(),
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -439,16 +513,13 @@ impl Engine {
         &self,
         view: &View,
         query: &[f32],
-        profile: Option<&[f32]>,
+        signals: &PostSignals,
     ) -> Result<Vec<CityScore>> {
         retrieve::retrieve(
             view.snapshot.index(),
             &view.cities,
             query,
-            profile.map(|vector| retrieve::ProfileEvidence {
-                vector,
-                weight: self.config.profile_weight,
-            }),
+            signals.evidence(self.config.profile_weight, self.config.mention_weight),
             &self.config,
         )
     }
@@ -513,20 +584,36 @@ fn check_texts(posts: &[PostQuery]) -> Result<()> {
     }
 }
 
+/// What a post says besides its text's vector.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PostSignals {
+    /// Its profile location's unit vector, when it had one (and profiles count).
+    profile: Option<Vec<f32>>,
+    /// The stored cities its place names point at.
+    mentions: Vec<MentionedCity>,
+}
+
+impl PostSignals {
+    fn evidence(&self, profile_weight: f32, mention_weight: f32) -> PostEvidence<'_> {
+        PostEvidence {
+            profile: self.profile.as_deref().map(|vector| ProfileEvidence {
+                vector,
+                weight: profile_weight,
+            }),
+            mentions: &self.mentions,
+            mention_weight,
+        }
+    }
+}
+
 /// A post's answer with the vectors it was answered from.
 #[derive(Debug, Clone)]
 pub(crate) struct Located {
     answer: Answer,
     /// The post's unit query vector.
     query: Vec<f32>,
-    /// Its profile location's unit vector, when it had one.
-    profile: Option<Vec<f32>>,
-}
-
-impl Located {
-    fn parts(&self) -> (&Answer, &[f32], Option<&[f32]>) {
-        (&self.answer, &self.query, self.profile.as_deref())
-    }
+    /// Its profile and place names.
+    signals: PostSignals,
 }
 
 /// What one `locate` call reads: the generation and one view of its city table.

@@ -25,20 +25,82 @@ pub struct CityScore {
     pub support_similarity: Option<f32>,
     /// The combined score (see the module documentation).
     pub retrieval: f32,
-    /// The population prior added to `retrieval` when ranking: `population_prior * ln(1 + population)`.
+    /// The population prior added to `retrieval` when ranking (see [`PopulationPrior`]).
     pub prior: f32,
     /// Cosine similarity of the author's profile location (through the location encoder) to the city's
     /// prompt, when the post came with a profile location and the city has a prompt.
     pub profile_similarity: Option<f32>,
     /// What the profile adds when ranking: `profile_weight * profile_similarity` (0 without a profile).
     pub profile_bonus: f32,
+    /// The place name written in the post that points at this city, when one does.
+    pub mention: Option<String>,
+    /// What the mention adds when ranking: `mention_weight * strength` (0 without one).
+    pub mention_bonus: f32,
 }
 
 impl CityScore {
     /// What the shortlist is ranked by: the retrieval score plus the population prior and profile bonus.
     pub fn ranking(&self) -> f32 {
-        self.retrieval + self.prior + self.profile_bonus
+        self.retrieval + self.prior + self.profile_bonus + self.mention_bonus
     }
+}
+
+/// The population prior: `weight * ln(1 + population)` is added to a city's score, so that among cities a
+/// post fits about equally well the larger one wins. A city of unknown population (0: an analyst's city)
+/// counts as a typical one of its store (the median of the known populations), neither favoured nor sunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PopulationPrior {
+    /// `population_prior` of the engine.
+    pub weight: f32,
+    /// What a city of unknown population counts as.
+    pub typical_population: u64,
+}
+
+impl PopulationPrior {
+    /// The prior of `weight` over the cities of `cities`.
+    pub fn over(weight: f32, cities: &CityCache) -> Self {
+        Self {
+            weight,
+            typical_population: if weight > 0.0 {
+                cities.median_population()
+            } else {
+                0
+            },
+        }
+    }
+
+    /// What the prior adds for `population`.
+    pub fn of(&self, population: u64) -> f32 {
+        let population = if population == 0 {
+            self.typical_population
+        } else {
+            population
+        };
+        self.weight * (population as f32).ln_1p()
+    }
+}
+
+/// A city a place name in the post points at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MentionedCity {
+    /// The stored city.
+    pub city: CityId,
+    /// The name as the post writes it (the strongest, when several point here).
+    pub written: String,
+    /// How surely the post's names mean this city, in (0, 1]: per name, its namesakes' population share of
+    /// the places that lie within reach of this city; summed over names, capped at 1.
+    pub strength: f32,
+}
+
+/// What a post says besides its vector: its author's profile location and the places it names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PostEvidence<'a> {
+    /// The profile location, when the post has one.
+    pub profile: Option<ProfileEvidence<'a>>,
+    /// The cities its place names point at.
+    pub mentions: &'a [MentionedCity],
+    /// `mention_weight` of the engine.
+    pub mention_weight: f32,
 }
 
 /// A post's profile location as evidence: its unit vector and the weight of its similarity.
@@ -76,45 +138,53 @@ pub fn score_city(query: &[f32], entry: &CityEntry, prompt_weight: f32) -> Optio
         prior: 0.0,
         profile_similarity: None,
         profile_bonus: 0.0,
+        mention: None,
+        mention_bonus: 0.0,
     })
 }
 
-/// [`score_city`] with what ranking adds: the population prior and the profile bonus.
+/// [`score_city`] with what ranking adds: the population prior, the profile bonus and the mention bonus.
 pub fn score_for_ranking(
     query: &[f32],
     entry: &CityEntry,
     prompt_weight: f32,
-    population_prior: f32,
-    profile: Option<ProfileEvidence>,
+    prior: PopulationPrior,
+    evidence: PostEvidence,
 ) -> Option<CityScore> {
     let mut score = score_city(query, entry, prompt_weight)?;
-    score.prior = population_prior * (entry.city.population as f32).ln_1p();
-    if let (Some(profile), Some(prompt)) = (profile, entry.prompt.as_deref()) {
+    score.prior = prior.of(entry.city.population);
+    if let (Some(profile), Some(prompt)) = (evidence.profile, entry.prompt.as_deref()) {
         let similarity = dot(profile.vector, prompt);
         score.profile_similarity = Some(similarity);
         score.profile_bonus = profile.weight * similarity;
     }
+    if let Some(mentioned) = evidence.mentions.iter().find(|m| m.city == entry.city.id) {
+        score.mention = Some(mentioned.written.clone());
+        score.mention_bonus = evidence.mention_weight * mentioned.strength;
+    }
     Some(score)
 }
 
-/// The `top_k` best cities among those the `neighbours` belong to, best first (ties by city id).
+/// The `top_k` best cities among those the `neighbours` belong to and those the post's place names point at,
+/// best first (ties by city id).
 pub fn shortlist(
     query: &[f32],
     neighbours: &[Neighbour],
     cities: &CityCache,
     prompt_weight: f32,
     population_prior: f32,
-    profile: Option<ProfileEvidence>,
+    evidence: PostEvidence,
     top_k: usize,
 ) -> Vec<CityScore> {
+    let prior = PopulationPrior::over(population_prior, cities);
     let mut seen = std::collections::HashSet::new();
     let mut scored: Vec<CityScore> = neighbours
         .iter()
-        .filter(|n| seen.insert(n.meta.city))
-        .filter_map(|n| cities.get(n.meta.city))
-        .filter_map(|entry| {
-            score_for_ranking(query, entry, prompt_weight, population_prior, profile)
-        })
+        .map(|n| n.meta.city)
+        .chain(evidence.mentions.iter().map(|m| m.city))
+        .filter(|&city| seen.insert(city))
+        .filter_map(|city| cities.get(city))
+        .filter_map(|entry| score_for_ranking(query, entry, prompt_weight, prior, evidence))
         .collect();
     scored.sort_by(|a, b| {
         b.ranking()
@@ -126,17 +196,18 @@ pub fn shortlist(
 }
 
 /// Searches the index for the `neighbours` nearest vectors to `query` (and to the profile location's vector,
-/// when there is one: the cities it names become candidates too) and shortlists their cities.
+/// when there is one: the cities it names become candidates too) and shortlists their cities, with the cities
+/// the post's place names point at.
 /// The engine's `neighbours`, `prompt_weight`, `population_prior` and `top_k` are read from `config`.
 pub fn retrieve(
     index: &VectorIndex,
     cities: &CityCache,
     query: &[f32],
-    profile: Option<ProfileEvidence>,
+    evidence: PostEvidence,
     config: &super::EngineConfig,
 ) -> Result<Vec<CityScore>> {
     let mut found = index.search(query, config.neighbours)?;
-    if let Some(profile) = profile {
+    if let Some(profile) = evidence.profile {
         found.extend(index.search(profile.vector, config.neighbours)?);
     }
     Ok(shortlist(
@@ -145,7 +216,7 @@ pub fn retrieve(
         cities,
         config.prompt_weight,
         config.population_prior,
-        profile,
+        evidence,
         config.top_k,
     ))
 }
@@ -191,6 +262,43 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn an_unknown_population_counts_as_the_typical_one_and_a_zero_weight_adds_nothing() {
+        let prior = PopulationPrior {
+            weight: 0.02,
+            typical_population: 50_000,
+        };
+        assert!((prior.of(0) - prior.of(50_000)).abs() < 1e-9);
+        assert!(prior.of(1_000_000) > prior.of(50_000));
+        assert_eq!(PopulationPrior::default().of(1_000_000), 0.0);
+    }
+
+    #[test]
+    fn a_named_city_joins_the_shortlist_with_its_bonus() {
+        let query = [1.0, 0.0];
+        let cities = CityCache::default().with_additions(
+            &[entry(1, None, vec![]).city, entry(2, None, vec![]).city],
+            vec![(1, vec![1.0, 0.0]), (2, vec![0.0, 1.0])],
+            Vec::new(),
+        );
+        let mentions = [MentionedCity {
+            city: 2,
+            written: "city 2".into(),
+            strength: 0.5,
+        }];
+        let evidence = PostEvidence {
+            profile: None,
+            mentions: &mentions,
+            mention_weight: 2.0,
+        };
+        // No HNSW neighbour proposes city 2; the mention does, with 2.0 * 0.5 added to its cosine of 0.
+        let ranked = shortlist(&query, &[], &cities, 1.0, 0.0, evidence, 5);
+        assert_eq!(ranked.len(), 1);
+        assert_eq!(ranked[0].city, 2);
+        assert_eq!(ranked[0].mention.as_deref(), Some("city 2"));
+        assert!((ranked[0].ranking() - 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use contrastgeo_index::{IndexOptions, IndexStatus, PostId, Store, VectorIndex, VectorKind};
 
 use super::error::{EngineError, Result};
+use crate::geo::mentions::PlaceNames;
 use crate::geo::{City, CityId};
 use crate::model::GeoModel;
 
@@ -55,6 +56,29 @@ pub struct CityCache {
     /// The city each neighbourhood-like gazetteer entry collapses into (see [`CityCache::collapses_into`]),
     /// per collapse radius in metres; built on first use.
     parents: OnceLock<(u32, HashMap<CityId, CityId>)>,
+    /// The cities' names and a grid of their positions, for place mentions; built on first use.
+    places: OnceLock<CityPlaces>,
+    /// The median population of the cities that have one (0 when none has); computed on first use.
+    median_population: OnceLock<u64>,
+}
+
+/// What finding place mentions needs from the city table.
+#[derive(Debug, Clone, Default)]
+struct CityPlaces {
+    /// The stored cities' own names.
+    names: PlaceNames,
+    /// City ids by [`GRID_DEGREES`] cell of (latitude, longitude).
+    grid: HashMap<(i64, i64), Vec<CityId>>,
+}
+
+/// Cell size of [`CityPlaces::grid`], in degrees (about 111 km of latitude).
+const GRID_DEGREES: f64 = 1.0;
+
+fn grid_cell(lat: f64, lon: f64) -> (i64, i64) {
+    (
+        (lat / GRID_DEGREES).floor() as i64,
+        (lon / GRID_DEGREES).floor() as i64,
+    )
 }
 
 impl CityCache {
@@ -102,6 +126,8 @@ impl CityCache {
                 .collect(),
             names: OnceLock::new(),
             parents: OnceLock::new(),
+            places: OnceLock::new(),
+            median_population: OnceLock::new(),
         })
     }
 
@@ -138,6 +164,8 @@ impl CityCache {
             entries,
             names: OnceLock::new(),
             parents: OnceLock::new(),
+            places: OnceLock::new(),
+            median_population: OnceLock::new(),
         }
     }
 
@@ -218,6 +246,67 @@ impl CityCache {
             }
         }
         parents
+    }
+
+    /// The median population of the cities whose population is known (non-zero); 0 when none is.
+    pub fn median_population(&self) -> u64 {
+        *self.median_population.get_or_init(|| {
+            let mut known: Vec<u64> = self
+                .entries
+                .values()
+                .map(|e| e.city.population)
+                .filter(|&p| p > 0)
+                .collect();
+            if known.is_empty() {
+                return 0;
+            }
+            let middle = known.len() / 2;
+            *known.select_nth_unstable(middle).1
+        })
+    }
+
+    fn places(&self) -> &CityPlaces {
+        self.places.get_or_init(|| {
+            let mut grid: HashMap<(i64, i64), Vec<CityId>> = HashMap::new();
+            for e in self.entries.values() {
+                grid.entry(grid_cell(e.city.lat, e.city.lon))
+                    .or_default()
+                    .push(e.city.id);
+            }
+            CityPlaces {
+                names: PlaceNames::from_cities(self.entries.values().map(|e| &e.city)),
+                grid,
+            }
+        })
+    }
+
+    /// The stored cities' own names (and plain-ASCII alternate names), for finding them in posts.
+    pub fn place_names(&self) -> &PlaceNames {
+        &self.places().names
+    }
+
+    /// The stored city nearest to (`lat`, `lon`) within `radius_km` (at most about 100 km), with its
+    /// distance; ties go to the smaller id.
+    pub fn nearest_within(&self, lat: f64, lon: f64, radius_km: f64) -> Option<(CityId, f64)> {
+        let grid = &self.places().grid;
+        let (row, col) = grid_cell(lat, lon);
+        // Longitude cells shrink towards the poles: look further east and west there.
+        let span = (1.0 / lat.to_radians().cos().max(0.05)).ceil() as i64;
+        let mut best: Option<(CityId, f64)> = None;
+        for r in row - 1..=row + 1 {
+            for c in col - span..=col + span {
+                for &id in grid.get(&(r, c)).into_iter().flatten() {
+                    let Some(entry) = self.entries.get(&id) else {
+                        continue;
+                    };
+                    let km = crate::geo::haversine_km(lat, lon, entry.city.lat, entry.city.lon);
+                    if km <= radius_km && best.is_none_or(|(b, bkm)| (km, id) < (bkm, b)) {
+                        best = Some((id, km));
+                    }
+                }
+            }
+        }
+        best
     }
 
     /// The city with this id and its vectors.
@@ -407,6 +496,8 @@ mod tests {
                 .collect(),
             names: OnceLock::new(),
             parents: OnceLock::new(),
+            places: OnceLock::new(),
+            median_population: OnceLock::new(),
         }
     }
 
@@ -414,6 +505,34 @@ mod tests {
         c.lat = lat;
         c.lon = lon;
         c
+    }
+
+    #[test]
+    fn nearest_within_finds_the_closest_city_in_reach_and_the_median_skips_unknown_populations() {
+        let cities = cache(&[
+            at(city(1, "Chicago", 2_700_000), 41.850, -87.650),
+            at(city(3, "Evanston", 75_000), 42.041, -87.690),
+            at(city(4, "Aurora", 200_000), 41.760, -88.320),
+            at(city(6, "Analyst town", 0), 60.0, 179.9),
+        ]);
+        // Near Evanston: Evanston (1 km) before Chicago (22 km).
+        assert_eq!(
+            cities.nearest_within(42.05, -87.69, 50.0).map(|x| x.0),
+            Some(3)
+        );
+        // Niles, 9 km from Evanston and 21 km from Chicago: within 5 km nothing is.
+        assert_eq!(cities.nearest_within(42.03, -87.80, 5.0), None);
+        // Across a grid cell border (longitude -88): Evanston 27 km, Chicago 33 km, Aurora 36 km.
+        let (id, km) = cities.nearest_within(41.99, -88.01, 50.0).unwrap();
+        assert_eq!(id, 3);
+        assert!((km - 27.0).abs() < 1.5, "{km}");
+        assert_eq!(
+            cities.nearest_within(60.0, 179.95, 10.0).map(|x| x.0),
+            Some(6)
+        );
+        // Populations 75k, 200k, 2.7M known; the analyst's 0 is not counted.
+        assert_eq!(cities.median_population(), 200_000);
+        assert_eq!(cache(&[]).median_population(), 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! active candidate set of a model or an evaluation; it maps coordinates to the nearest city.
 
 pub mod gazetteer;
+pub mod mentions;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
