@@ -97,6 +97,54 @@ fn the_post_that_names_a_place_outweighs_vague_ones() {
 }
 
 #[test]
+fn the_product_counts_the_population_prior_once_however_many_posts_an_author_has() {
+    // Every city is a candidate of every post (20 cities, 60 vectors, 64 neighbours), so the prior changes
+    // no shortlist and the author's scores differ from the prior-free ones by exactly prior / tau, once.
+    let config = |population_prior| EngineConfig {
+        top_k: 20,
+        population_prior,
+        mention_weight: 0.0,
+        ..Default::default()
+    };
+    let texts = [
+        "Can't believe the traffic this morning",
+        "Coffee first, then the long meeting",
+        "Best tacos in town, no contest",
+        "Rain all day, staying in with a book",
+    ];
+    let author = vec![texts.map(PostQuery::text).to_vec()];
+    let answer = |prior| {
+        engine(config(prior))
+            .locate_authors(&author, AuthorRule::Product)
+            .unwrap()
+            .remove(0)
+            .answer
+            .top_k
+    };
+    let (plain, with_prior) = (answer(0.0), answer(0.05));
+    assert_eq!(plain.len(), 20);
+    let tau = common::base_model().config().tau as f32;
+    let population: BTreeMap<u64, u64> = common::fixture_cities()
+        .cities()
+        .iter()
+        .map(|c| (c.id, c.population))
+        .collect();
+    let shift = |city: u64| 0.05 * (population[&city] as f32).ln_1p() / tau;
+    let score_of = |top: &[contrastgeo::engine::Candidate], city: u64| {
+        top.iter().find(|c| c.city_id == city).unwrap().score
+    };
+    let (first, last) = (plain[0].city_id, plain[19].city_id);
+    let moved = (score_of(&with_prior, first) - score_of(&with_prior, last))
+        - (score_of(&plain, first) - score_of(&plain, last));
+    let once = shift(first) - shift(last);
+    assert!(
+        (moved - once).abs() < 0.05 * once.abs().max(1.0),
+        "the prior moved the gap by {moved}, once is {once} ({} posts)",
+        texts.len()
+    );
+}
+
+#[test]
 fn authors_without_posts_and_empty_posts_are_refused_by_position() {
     let engine = engine(EngineConfig::default());
     let err = engine
