@@ -87,10 +87,6 @@ pub struct EngineArgs {
     /// of a named place (gazetteer and stored names) gain weight * strength; 0 ignores place names.
     #[arg(long, env = "CONTRASTGEO_MENTION_WEIGHT", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().mention_weight)]
     pub mention_weight: f32,
-    /// With --group-by user: how sharply each post speaks in its author's answer, in (0, 1] (each post's
-    /// scores are multiplied by it before its softmax; lower flattens them).
-    #[arg(long, env = "CONTRASTGEO_AUTHOR_SHARPNESS", value_parser = flags::unit_interval_f32, default_value_t = EngineConfig::default().author_sharpness)]
-    pub author_sharpness: f32,
     /// Answer a gazetteer neighbourhood or suburb (no support posts, within this many km of a city at least
     /// 5 times as populous) as that city; 0 keeps them apart.
     #[arg(long, env = "CONTRASTGEO_COLLAPSE_KM", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().collapse_km)]
@@ -116,7 +112,6 @@ impl EngineArgs {
                 .unwrap_or(crate::engine::DEFAULT_POPULATION_PRIOR),
             profile_weight: self.profile_weight,
             mention_weight: self.mention_weight,
-            author_sharpness: self.author_sharpness,
             collapse_km: self.collapse_km,
             min_confidence: self.min_confidence.unwrap_or(0.0),
         }

@@ -82,8 +82,6 @@ pub(crate) struct Scoring<'a> {
     pub profile_weight: f32,
     pub mention_weight: f32,
     pub min_confidence: f32,
-    /// Multiplies every post's scores before its softmax ([`super::EngineConfig::author_sharpness`]).
-    pub sharpness: f64,
     pub tau: f32,
     pub top_k: usize,
 }
@@ -151,12 +149,7 @@ pub(crate) fn aggregate(
                     .zip(&weights)
                     .map(|(q, w)| w * q[c].max(f64::MIN_POSITIVE).ln())
                     .sum();
-                evidence
-                    + if prior_once {
-                        scoring.sharpness * prior_of(shared[c])
-                    } else {
-                        0.0
-                    }
+                evidence + if prior_once { prior_of(shared[c]) } else { 0.0 }
             }
         })
         .collect();
@@ -257,9 +250,7 @@ fn post_distribution(
                 )?;
                 Some(scored.ranking() / scoring.tau + least_logit)
             });
-            score.map_or(f64::NEG_INFINITY, |s| {
-                scoring.sharpness * (f64::from(s) - less(*city))
-            })
+            score.map_or(f64::NEG_INFINITY, |s| f64::from(s) - less(*city))
         })
         .collect();
     softmax(&scores)

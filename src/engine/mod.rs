@@ -74,9 +74,6 @@ pub const DEFAULT_MENTION_WEIGHT: f32 = 0.1;
 /// metro area ("Round Rock" for Austin, "Evanston" for Chicago).
 pub const MENTION_KM: f64 = 50.0;
 
-/// Default of [`EngineConfig::author_sharpness`].
-pub const DEFAULT_AUTHOR_SHARPNESS: f32 = 1.0;
-
 /// Default collapse radius (see [`EngineConfig::collapse_km`]).
 pub const DEFAULT_COLLAPSE_KM: f32 = 10.0;
 
@@ -123,10 +120,6 @@ pub struct EngineConfig {
     /// is answered as that city (neighbourhoods and suburbs: "Chicago Loop" is answered as Chicago). 0 keeps
     /// every entry apart.
     pub collapse_km: f32,
-    /// How sharply each of an author's posts speaks when their posts are combined: every post's scores are
-    /// multiplied by this before its softmax (1 keeps a post's own answer probabilities; below 1 flattens
-    /// them, so that one post's confident guess does not outvote the others). In (0, 1].
-    pub author_sharpness: f32,
     /// Below this confidence (the answer's probability over its shortlist) the answer's `city` is `null`:
     /// the engine abstains, still showing its best guess and shortlist. 0 always answers.
     pub min_confidence: f32,
@@ -145,7 +138,6 @@ impl Default for EngineConfig {
             profile_weight: DEFAULT_PROFILE_WEIGHT,
             mention_weight: DEFAULT_MENTION_WEIGHT,
             collapse_km: DEFAULT_COLLAPSE_KM,
-            author_sharpness: DEFAULT_AUTHOR_SHARPNESS,
             min_confidence: 0.0,
         }
     }
@@ -170,12 +162,6 @@ impl EngineConfig {
             if !(value.is_finite() && value >= 0.0) {
                 return bad(format!("{name} must be a finite number >= 0, got {value}"));
             }
-        }
-        if !(self.author_sharpness > 0.0 && self.author_sharpness <= 1.0) {
-            return bad(format!(
-                "author_sharpness must be within (0, 1], got {}",
-                self.author_sharpness
-            ));
         }
         if !(0.0..=1.0).contains(&self.min_confidence) {
             return bad(format!(
@@ -410,7 +396,6 @@ impl Engine {
             profile_weight: self.config.profile_weight,
             mention_weight: self.config.mention_weight,
             min_confidence: self.config.min_confidence,
-            sharpness: f64::from(self.config.author_sharpness),
             tau: snapshot.model().config().tau as f32,
             top_k: self.config.top_k,
         };
