@@ -470,7 +470,7 @@ fn a_post_is_answered_with_its_shortlist_evidence_and_map_and_an_empty_post_gets
     );
     assert_eq!(unlabelled, json!([]), "inputs without a label");
 
-    let text = "Breakfast tacos on South Congress, then Barton Springs and a show on Sixth Street";
+    let text = "Breakfast tacos on South Congress, then Barton Springs and a show on Sixth Street in Austin";
     // Ctrl+Enter in the text box (Control pressed, Enter, then every modifier released).
     let city = try_post_with(&browser, text, || {
         browser.type_into("#try-text", "\u{E009}\u{E007}\u{E000}", false)
@@ -494,6 +494,17 @@ fn a_post_is_answered_with_its_shortlist_evidence_and_map_and_an_empty_post_gets
         .as_str()
         .unwrap()
         .starts_with(answer["name"].as_str().unwrap()));
+    // A city the post names says so on its row.
+    let named: Vec<(usize, &str)> = top_k
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, c["mention"].as_str()?)))
+        .collect();
+    assert!(!named.is_empty(), "the post names Austin: {top_k:?}");
+    for (row, mention) in named {
+        let shown_row = shown["shortlist"][row].as_str().unwrap();
+        assert!(shown_row.contains(&format!("names “{mention}”")), "{shown_row}");
+    }
     let evidence = answer["evidence"].as_array().unwrap();
     if let Some(first) = evidence.first() {
         assert!(shown["evidence"][0]

@@ -293,7 +293,8 @@ function showAnswer(answer, map) {
     const bar = element("span");
     bar.style.width = percent(c.probability);
     return element("li", { className: "bar-row" },
-      element("span", {}, c.name, element("span", { className: "hint" }, place(c) ? ` ${place(c)}` : "")),
+      element("span", {}, c.name, element("span", { className: "hint" },
+        (place(c) ? ` ${place(c)}` : "") + (c.mention ? ` · the post names “${c.mention}”` : ""))),
       element("span", { className: "bar", role: "presentation" }, bar),
       element("span", { className: "num" }, percent(c.probability)));
   }));
