@@ -503,7 +503,10 @@ fn a_post_is_answered_with_its_shortlist_evidence_and_map_and_an_empty_post_gets
     assert!(!named.is_empty(), "the post names Austin: {top_k:?}");
     for (row, mention) in named {
         let shown_row = shown["shortlist"][row].as_str().unwrap();
-        assert!(shown_row.contains(&format!("names “{mention}”")), "{shown_row}");
+        assert!(
+            shown_row.contains(&format!("names “{mention}”")),
+            "{shown_row}"
+        );
     }
     let evidence = answer["evidence"].as_array().unwrap();
     if let Some(first) = evidence.first() {

@@ -8,7 +8,9 @@
 //! - [`retrieve`]: the HNSW neighbours propose cities; each city is then scored exactly against its own
 //!   vectors: `prompt_weight * prompt similarity + (1 - prompt_weight) * best support similarity`, or the
 //!   prompt similarity alone for a city without support posts (the zero-shot gazetteer). A post's profile
-//!   location, when given, proposes cities too and adds `profile_weight * cosine(profile, prompt)`.
+//!   location, when given, proposes cities too and adds `profile_weight * cosine(profile, prompt)`; a place
+//!   the post names ([`crate::geo::mentions`]) proposes the stored city nearest to it and adds
+//!   `mention_weight * strength`. The population prior, when on, adds `population_prior * ln(1 + pop)`.
 //! - [`rerank`]: when the model's TLM head was trained, the final score of a shortlisted city is the head's
 //!   logit plus the retrieval score divided by the contrastive temperature `tau`; otherwise it is the
 //!   retrieval score divided by `tau`, which keeps the retrieval order. Probabilities are the softmax of the

@@ -7,6 +7,9 @@
 //! is scored by `p` alone, and a city with supports but no prompt by `s` alone. Scores of cities with and
 //! without supports are therefore on the same cosine scale, but not equally informed: a city with supports
 //! gains when its posts resemble the query and loses when they do not.
+//!
+//! Ranking adds what the post says besides its vector ([`PostEvidence`]: its profile location and the places
+//! it names) and the population prior ([`PopulationPrior`]) to the retrieval score: [`CityScore::ranking`].
 
 use contrastgeo_index::{dot, Neighbour, PostId, VectorIndex};
 
