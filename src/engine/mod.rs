@@ -310,8 +310,8 @@ impl Engine {
         // (written name, city) -> the largest share of that name's places pointing at the city. The same
         // name found in both tables (a stored gazetteer city) counts once.
         let mut by_name: HashMap<(String, crate::geo::CityId), f32> = HashMap::new();
-        let tables =
-            std::iter::once(view.cities.place_names()).chain(self.gazetteer_names.as_deref());
+        let tables = std::iter::once(view.cities.place_names(self.gazetteer_names.as_deref()))
+            .chain(self.gazetteer_names.as_deref());
         for table in tables {
             for mention in table.find(text) {
                 for place in mention.places {

@@ -56,22 +56,16 @@ pub struct CityCache {
     /// The city each neighbourhood-like gazetteer entry collapses into (see [`CityCache::collapses_into`]),
     /// per collapse radius in metres; built on first use.
     parents: OnceLock<(u32, HashMap<CityId, CityId>)>,
-    /// The cities' names and a grid of their positions, for place mentions; built on first use.
-    places: OnceLock<CityPlaces>,
+    /// The names of the cities that the gazetteer's names lack, for place mentions; built on first use.
+    own_names: OnceLock<PlaceNames>,
+    /// City ids by [`GRID_DEGREES`] cell of (latitude, longitude), for [`CityCache::nearest_within`]; built
+    /// on first use.
+    grid: OnceLock<HashMap<(i64, i64), Vec<CityId>>>,
     /// The median population of the cities that have one (0 when none has); computed on first use.
     median_population: OnceLock<u64>,
 }
 
-/// What finding place mentions needs from the city table.
-#[derive(Debug, Clone, Default)]
-struct CityPlaces {
-    /// The stored cities' own names.
-    names: PlaceNames,
-    /// City ids by [`GRID_DEGREES`] cell of (latitude, longitude).
-    grid: HashMap<(i64, i64), Vec<CityId>>,
-}
-
-/// Cell size of [`CityPlaces::grid`], in degrees (about 111 km of latitude).
+/// Cell size of [`CityCache::nearest_within`]'s grid, in degrees (about 111 km of latitude).
 const GRID_DEGREES: f64 = 1.0;
 
 fn grid_cell(lat: f64, lon: f64) -> (i64, i64) {
@@ -126,7 +120,8 @@ impl CityCache {
                 .collect(),
             names: OnceLock::new(),
             parents: OnceLock::new(),
-            places: OnceLock::new(),
+            own_names: OnceLock::new(),
+            grid: OnceLock::new(),
             median_population: OnceLock::new(),
         })
     }
@@ -164,7 +159,8 @@ impl CityCache {
             entries,
             names: OnceLock::new(),
             parents: OnceLock::new(),
-            places: OnceLock::new(),
+            own_names: OnceLock::new(),
+            grid: OnceLock::new(),
             median_population: OnceLock::new(),
         }
     }
@@ -265,30 +261,33 @@ impl CityCache {
         })
     }
 
-    fn places(&self) -> &CityPlaces {
-        self.places.get_or_init(|| {
+    /// The names (and plain-ASCII alternate names) of the stored cities that are not places of `beside`
+    /// (the gazetteer's names, which the engine matches as well): an analyst's city, or a city of a table
+    /// of one's own. On the world store, whose cities all come from the gazetteer, this is empty rather than
+    /// a second copy. Built on the first call; every engine of a process passes the same `beside`.
+    pub fn place_names(&self, beside: Option<&PlaceNames>) -> &PlaceNames {
+        self.own_names.get_or_init(|| {
+            PlaceNames::from_cities(
+                self.entries
+                    .values()
+                    .map(|e| &e.city)
+                    .filter(|city| beside.is_none_or(|known| !known.has_place(city.id))),
+            )
+        })
+    }
+
+    /// The stored city nearest to (`lat`, `lon`) within `radius_km` (at most about 100 km), with its
+    /// distance; ties go to the smaller id.
+    pub fn nearest_within(&self, lat: f64, lon: f64, radius_km: f64) -> Option<(CityId, f64)> {
+        let grid = self.grid.get_or_init(|| {
             let mut grid: HashMap<(i64, i64), Vec<CityId>> = HashMap::new();
             for e in self.entries.values() {
                 grid.entry(grid_cell(e.city.lat, e.city.lon))
                     .or_default()
                     .push(e.city.id);
             }
-            CityPlaces {
-                names: PlaceNames::from_cities(self.entries.values().map(|e| &e.city)),
-                grid,
-            }
-        })
-    }
-
-    /// The stored cities' own names (and plain-ASCII alternate names), for finding them in posts.
-    pub fn place_names(&self) -> &PlaceNames {
-        &self.places().names
-    }
-
-    /// The stored city nearest to (`lat`, `lon`) within `radius_km` (at most about 100 km), with its
-    /// distance; ties go to the smaller id.
-    pub fn nearest_within(&self, lat: f64, lon: f64, radius_km: f64) -> Option<(CityId, f64)> {
-        let grid = &self.places().grid;
+            grid
+        });
         let (row, col) = grid_cell(lat, lon);
         // Longitude cells shrink towards the poles: look further east and west there.
         let span = (1.0 / lat.to_radians().cos().max(0.05)).ceil() as i64;
@@ -496,7 +495,8 @@ mod tests {
                 .collect(),
             names: OnceLock::new(),
             parents: OnceLock::new(),
-            places: OnceLock::new(),
+            own_names: OnceLock::new(),
+            grid: OnceLock::new(),
             median_population: OnceLock::new(),
         }
     }
@@ -533,6 +533,23 @@ mod tests {
         // Populations 75k, 200k, 2.7M known; the analyst's 0 is not counted.
         assert_eq!(cities.median_population(), 200_000);
         assert_eq!(cache(&[]).median_population(), 0);
+    }
+
+    #[test]
+    fn own_place_names_are_those_the_gazetteer_lacks() {
+        let chicago = at(city(1, "Chicago", 2_700_000), 41.850, -87.650);
+        let analysts = at(city(7, "Bucktown Studios", 0), 41.92, -87.68);
+        let cities = cache(&[chicago.clone(), analysts]);
+        let gazetteer = PlaceNames::from_cities([&chicago]);
+        let own = cities.place_names(Some(&gazetteer));
+        assert!(own.has_place(7) && !own.has_place(1));
+        assert_eq!(
+            own.find("Shooting at Bucktown Studios today")[0].places[0].id,
+            7
+        );
+        // Without a gazetteer every stored city is its own.
+        let alone = cache(&[chicago]);
+        assert!(alone.place_names(None).has_place(1));
     }
 
     #[test]

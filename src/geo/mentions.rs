@@ -7,7 +7,7 @@
 //! word "reading" or "mobile"), longest match first, never overlapping. Each match carries every namesake with
 //! its share of their total population: "Paris" is Paris, France far more often than Paris, Texas.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use super::{City, CityId};
@@ -66,13 +66,17 @@ pub struct Mention<'a> {
 pub struct PlaceNames {
     /// Normalised name (see [`normalise`]) -> its places.
     by_name: HashMap<String, Vec<Place>>,
+    /// Every place's id.
+    ids: HashSet<CityId>,
 }
 
 impl PlaceNames {
     /// The names (and plain-ASCII alternate names) of `cities`.
     pub fn from_cities<'a>(cities: impl IntoIterator<Item = &'a City>) -> Self {
         let mut named: HashMap<String, Vec<(Place, u64)>> = HashMap::new();
+        let mut ids = HashSet::new();
         for city in cities {
+            ids.insert(city.id);
             let place = Place {
                 id: city.id,
                 lat: city.lat,
@@ -110,7 +114,12 @@ impl PlaceNames {
                 (key, places)
             })
             .collect();
-        Self { by_name }
+        Self { by_name, ids }
+    }
+
+    /// Whether the place `id` is in the table.
+    pub fn has_place(&self, id: CityId) -> bool {
+        self.ids.contains(&id)
     }
 
     /// Number of distinct names.
