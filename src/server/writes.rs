@@ -371,7 +371,13 @@ fn start_retrain_job(
     jobs: &Arc<Jobs>,
     options: RetrainOptions,
 ) -> Result<Job, ApiError> {
-    if store.is_retraining() {
+    // Checked and registered under the jobs lock: the store only takes its retrain lock once the job's
+    // thread runs, so a second request arriving before that must find this job running here.
+    let mut registry = jobs.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+    let running = registry
+        .values()
+        .any(|j| j.kind == "retrain" && j.state == JobState::Running);
+    if running || store.is_retraining() {
         return Err(ApiError::Conflict {
             detail: "a retrain is already running; follow it with GET /v1/jobs/{id}".into(),
         });
@@ -387,12 +393,10 @@ fn start_retrain_job(
         started_at: now_unix(),
         finished_at: None,
     };
-    jobs.jobs
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(id, job.clone());
+    registry.insert(id, job.clone());
+    drop(registry);
     let (store, jobs_for_thread) = (Arc::clone(store), Arc::clone(jobs));
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name(format!("contrastgeo-retrain-{id}"))
         .spawn(move || {
             let outcome = store.retrain(&options, &|progress: RetrainProgress| {
@@ -400,10 +404,16 @@ fn start_retrain_job(
                 jobs_for_thread.update(id, |job| job.progress = value);
             });
             finish(&jobs_for_thread, id, outcome);
-        })
-        .map_err(|e| ApiError::Internal {
-            detail: format!("cannot start the retrain thread: {e}"),
-        })?;
+        });
+    if let Err(e) = spawned {
+        let detail = format!("cannot start the retrain thread: {e}");
+        jobs.update(id, |job| {
+            job.state = JobState::Failed;
+            job.error = Some(detail.clone());
+            job.finished_at = Some(now_unix());
+        });
+        return Err(ApiError::Internal { detail });
+    }
     Ok(job)
 }
 
