@@ -58,15 +58,18 @@ pub struct CityCache {
     parents: OnceLock<(u32, HashMap<CityId, CityId>)>,
     /// The names of the cities that the gazetteer's names lack, for place mentions; built on first use.
     own_names: OnceLock<PlaceNames>,
-    /// City ids by [`GRID_DEGREES`] cell of (latitude, longitude), for [`CityCache::nearest_within`]; built
-    /// on first use.
+    /// City ids by [`GRID_DEGREES`] cell of (latitude, longitude), for finding cities near a point; built on
+    /// first use.
     grid: OnceLock<HashMap<(i64, i64), Vec<CityId>>>,
     /// The median population of the cities that have one (0 when none has); computed on first use.
     median_population: OnceLock<u64>,
 }
 
-/// Cell size of [`CityCache::nearest_within`]'s grid, in degrees (about 111 km of latitude).
-const GRID_DEGREES: f64 = 1.0;
+/// Cell size of the city grid ([`CityCache::nearest_within`], neighbourhood collapse), in degrees.
+const GRID_DEGREES: f64 = 0.25;
+
+/// Kilometres per degree of latitude.
+const KM_PER_DEGREE: f64 = 111.0;
 
 fn grid_cell(lat: f64, lon: f64) -> (i64, i64) {
     (
@@ -193,55 +196,40 @@ impl CityCache {
             return None;
         }
         let city = &entry.city;
-        self.entries
-            .values()
-            .map(|e| &e.city)
+        self.around(city.lat, city.lon, radius_km)
             .filter(|p| is_parent(p, city, radius_km))
             .max_by(|a, b| a.population.cmp(&b.population).then(b.id.cmp(&a.id)))
             .map(|p| p.id)
     }
 
-    /// Every collapsing city's parent, found through a grid of cells about `radius_km` wide.
+    /// Every collapsing city's parent.
     fn neighbourhood_parents(&self, radius_km: f64) -> HashMap<CityId, CityId> {
-        let cell_deg = (radius_km / 111.0).max(0.01);
-        let cell = |lat: f64, lon: f64| {
-            (
-                (lat / cell_deg).floor() as i64,
-                (lon / cell_deg).floor() as i64,
-            )
-        };
-        let mut grid: HashMap<(i64, i64), Vec<&City>> = HashMap::new();
-        for e in self.entries.values() {
-            grid.entry(cell(e.city.lat, e.city.lon))
-                .or_default()
-                .push(&e.city);
-        }
-        let mut parents = HashMap::new();
-        for e in self.entries.values().filter(|e| may_collapse(e)) {
-            let city = &e.city;
-            let (row, col) = cell(city.lat, city.lon);
-            // Longitude cells shrink towards the poles: look further east and west there.
-            let span = (1.0 / city.lat.to_radians().cos().max(0.05)).ceil() as i64;
-            let mut best: Option<&City> = None;
-            for r in row - 1..=row + 1 {
-                for c in col - span..=col + span {
-                    for &p in grid.get(&(r, c)).into_iter().flatten() {
-                        if is_parent(p, city, radius_km)
-                            && best.is_none_or(|b| {
-                                (p.population, std::cmp::Reverse(p.id))
-                                    > (b.population, std::cmp::Reverse(b.id))
-                            })
-                        {
-                            best = Some(p);
-                        }
-                    }
-                }
+        self.entries
+            .keys()
+            .filter_map(|&id| Some((id, self.parent_of(id, radius_km)?)))
+            .collect()
+    }
+
+    /// The cities of the grid cells around (`lat`, `lon`): every city within `radius_km` of it is among them.
+    fn around(&self, lat: f64, lon: f64, radius_km: f64) -> impl Iterator<Item = &City> + '_ {
+        let grid = self.grid.get_or_init(|| {
+            let mut grid: HashMap<(i64, i64), Vec<CityId>> = HashMap::new();
+            for e in self.entries.values() {
+                grid.entry(grid_cell(e.city.lat, e.city.lon))
+                    .or_default()
+                    .push(e.city.id);
             }
-            if let Some(parent) = best {
-                parents.insert(city.id, parent.id);
-            }
-        }
-        parents
+            grid
+        });
+        let (row, col) = grid_cell(lat, lon);
+        let rows = (radius_km / (KM_PER_DEGREE * GRID_DEGREES)).ceil().max(1.0) as i64;
+        // Longitude cells shrink towards the poles: look further east and west there.
+        let cols = (rows as f64 / lat.to_radians().cos().max(0.05)).ceil() as i64;
+        (row - rows..=row + rows)
+            .flat_map(move |r| (col - cols..=col + cols).map(move |c| (r, c)))
+            .flat_map(move |cell| grid.get(&cell).into_iter().flatten())
+            .filter_map(move |id| self.entries.get(id))
+            .map(|e| &e.city)
     }
 
     /// The median population of the cities whose population is known (non-zero); 0 when none is.
@@ -276,36 +264,13 @@ impl CityCache {
         })
     }
 
-    /// The stored city nearest to (`lat`, `lon`) within `radius_km` (at most about 100 km), with its
-    /// distance; ties go to the smaller id.
+    /// The stored city nearest to (`lat`, `lon`) within `radius_km`, with its distance; ties go to the
+    /// smaller id.
     pub fn nearest_within(&self, lat: f64, lon: f64, radius_km: f64) -> Option<(CityId, f64)> {
-        let grid = self.grid.get_or_init(|| {
-            let mut grid: HashMap<(i64, i64), Vec<CityId>> = HashMap::new();
-            for e in self.entries.values() {
-                grid.entry(grid_cell(e.city.lat, e.city.lon))
-                    .or_default()
-                    .push(e.city.id);
-            }
-            grid
-        });
-        let (row, col) = grid_cell(lat, lon);
-        // Longitude cells shrink towards the poles: look further east and west there.
-        let span = (1.0 / lat.to_radians().cos().max(0.05)).ceil() as i64;
-        let mut best: Option<(CityId, f64)> = None;
-        for r in row - 1..=row + 1 {
-            for c in col - span..=col + span {
-                for &id in grid.get(&(r, c)).into_iter().flatten() {
-                    let Some(entry) = self.entries.get(&id) else {
-                        continue;
-                    };
-                    let km = crate::geo::haversine_km(lat, lon, entry.city.lat, entry.city.lon);
-                    if km <= radius_km && best.is_none_or(|(b, bkm)| (km, id) < (bkm, b)) {
-                        best = Some((id, km));
-                    }
-                }
-            }
-        }
-        best
+        self.around(lat, lon, radius_km)
+            .map(|c| (c.id, crate::geo::haversine_km(lat, lon, c.lat, c.lon)))
+            .filter(|&(_, km)| km <= radius_km)
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
     }
 
     /// The city with this id and its vectors.
