@@ -121,7 +121,7 @@ pub(crate) fn aggregate(
         .iter()
         .map(|located| {
             let less = |city: CityId| if prior_once { prior_of(city) } else { 0.0 };
-            post_distribution(located, &shared, scoring, less)
+            post_distribution(located, &shared, scoring, prior, less)
         })
         .collect();
     let weights: Vec<f64> = distributions.iter().map(|q| informativeness(q)).collect();
@@ -217,16 +217,16 @@ pub(crate) fn aggregate(
     })
 }
 
-/// A post's probabilities over the `shared` candidates (see the module documentation, step 2), with
-/// `less(city)` taken off each city's score first.
+/// A post's probabilities over the `shared` candidates (see the module documentation, step 2), scored with
+/// `prior` like its own shortlist was, with `less(city)` taken off each city's score first.
 fn post_distribution(
     located: &Located,
     shared: &[CityId],
     scoring: &Scoring,
+    prior: PopulationPrior,
     less: impl Fn(CityId) -> f64,
 ) -> Vec<f64> {
     let (answer, query) = (&located.answer, located.query.as_slice());
-    let prior = PopulationPrior::over(scoring.population_prior, scoring.cities);
     let evidence = located
         .signals
         .evidence(scoring.profile_weight, scoring.mention_weight);

@@ -308,10 +308,12 @@ impl Engine {
             return Vec::new();
         }
         // (written name, city) -> the largest share of that name's places pointing at the city. The same
-        // name found in both tables (a stored gazetteer city) counts once.
+        // name found in both tables counts once. A store of gazetteer cities has no names of its own: its
+        // empty table is not scanned.
         let mut by_name: HashMap<(String, crate::geo::CityId), f32> = HashMap::new();
         let tables = std::iter::once(view.cities.place_names(self.gazetteer_names.as_deref()))
-            .chain(self.gazetteer_names.as_deref());
+            .chain(self.gazetteer_names.as_deref())
+            .filter(|table| !table.is_empty());
         for table in tables {
             for mention in table.find(text) {
                 for place in mention.places {
