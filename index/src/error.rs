@@ -116,6 +116,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The lexical (BM25) index failed; it is rebuilt from the record store when it cannot be opened.
+    #[error("lexical index at {path}: {reason}")]
+    Lexical {
+        /// The lexical index directory.
+        path: PathBuf,
+        /// What failed, with tantivy's message.
+        reason: String,
+    },
     /// A graph build was cancelled because the index is being closed.
     #[error("the graph build was cancelled because the index is closing")]
     Cancelled,

@@ -29,7 +29,7 @@
 //!
 //! Modules: [`records`] (the record types), [`labels`] (the durable log of cities and labelled posts
 //! a store's generations are built from), [`store`] (sled), [`ann`] (the graph and exact
-//! search), [`dump`] (dump files), [`vector_index`] (the two together), [`synthetic`] (clustered
+//! search), [`lexical`] (the BM25 index of the support posts' words, tantivy), [`dump`] (dump files), [`vector_index`] (the two together), [`synthetic`] (clustered
 //! random embeddings for tests and benchmarks).
 
 #[cfg(not(target_pointer_width = "64"))]
@@ -41,6 +41,7 @@ pub mod ann;
 pub mod dump;
 pub mod error;
 pub mod labels;
+pub mod lexical;
 pub mod records;
 pub mod store;
 pub mod synthetic;
@@ -51,6 +52,7 @@ pub use ann::{
 };
 pub use dump::{DumpFile, DumpManifest, DUMP_FORMAT_VERSION};
 pub use error::{Result, StoreError};
+pub use lexical::{LexicalHit, LexicalIndex, LEXICAL_DIR};
 pub use labels::{Appended, Label, LabelLog, LabelSeq, PostLabel};
 pub use records::{
     City, CityId, PostId, SupportPost, VectorId, VectorKind, VectorMeta, VectorRecord,

@@ -198,6 +198,22 @@ impl Store {
         Ok(found)
     }
 
+    /// The support posts with an id above `watermark`, in id order (what a lexical index that holds the
+    /// posts up to `watermark` lacks).
+    pub fn support_posts_after(
+        &self,
+        watermark: Option<PostId>,
+    ) -> impl Iterator<Item = Result<(PostId, SupportPost)>> + '_ {
+        let start = watermark.map_or(Bound::Unbounded, |w| Bound::Excluded(w.to_be_bytes()));
+        self.support_posts
+            .range::<[u8; 8], _>((start, Bound::Unbounded))
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                let id = decode_id(SUPPORT_POSTS, &key)?;
+                Ok((id, decode_serde(SUPPORT_POSTS, &id, &bytes)?))
+            })
+    }
+
     /// Number of stored support posts (a scan).
     pub fn support_post_count(&self) -> usize {
         self.support_posts.len()
