@@ -32,7 +32,7 @@ fn engine(config: EngineConfig) -> Engine {
         let snapshot = Snapshot::open(
             &dir.path().join("store"),
             common::base_model(),
-            EngineConfig::default().index_options(),
+            &EngineConfig::default(),
         )
         .unwrap();
         (dir, Arc::new(snapshot))

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use contrastgeo::engine::{EngineConfig, LiveStore, RetrainOptions};
+use contrastgeo::engine::{EngineConfig, LiveStore, MatchedBy, RetrainOptions};
 use contrastgeo::geo::City;
 use contrastgeo::train::TrainConfig;
 use contrastgeo_index::PostLabel;
@@ -85,8 +85,24 @@ fn a_city_added_from_five_posts_is_answered_at_once_and_survives_reopening() {
             "searchable {:.3}s after the acknowledgement",
             report.searchable_after_s
         );
+        // Found by its words at once too: the lexical index was written in the same step.
+        let snapshot = store.engine().snapshot();
+        let by_words = snapshot.lexical().search("Opry goosebumps", 3).unwrap();
+        assert_eq!(by_words[0].city, nashville().id, "{by_words:?}");
+        // The label head learns the new city when it refits (in the background after an ingest; here
+        // at once): one more city than the 19 it was fitted on.
+        let head = snapshot.refit_head().unwrap().expect("a store with labels has a head");
+        assert_eq!((head.cities(), head.posts()), (20, 19 * 2 + 5));
         let after = store.engine().locate(&[query]).unwrap();
         assert_eq!(after[0].name, "Nashville", "{:?}", after[0].top_k);
+        assert!(
+            after[0]
+                .evidence
+                .iter()
+                .any(|e| e.matched_by == MatchedBy::Words && e.bm25.is_some()),
+            "the evidence shows the posts sharing its words: {:?}",
+            after[0].evidence
+        );
         assert!(after[0]
             .evidence
             .iter()
@@ -310,6 +326,13 @@ fn kill_9_in_the_middle_of_an_ingest_or_a_retrain_loses_no_acknowledged_label() 
             1201,
             "the reopened store applied what the killed ingest had not"
         );
+        assert_eq!(
+            snapshot.lexical().len(),
+            19 * 2 + 1201,
+            "and its lexical index holds every post, rebuilt from the label log"
+        );
+        let hits = snapshot.lexical().search("stop number 1199", 1).unwrap();
+        assert_eq!(hits[0].city, city.id);
         let answer = &store
             .engine()
             .locate(&["Hot chicken stop number 1199 on the way to the Ryman"])

@@ -515,6 +515,18 @@ fn a_post_is_answered_with_its_shortlist_evidence_and_map_and_an_empty_post_gets
             .unwrap()
             .contains(first["text"].as_str().unwrap()));
     }
+    // Each evidence item says how it was found: nearest by vector, or sharing the post's words.
+    for (item, shown_item) in evidence.iter().zip(shown["evidence"].as_array().unwrap()) {
+        let expected = if item["matched_by"] == "words" {
+            "shares its words (BM25"
+        } else {
+            "similarity"
+        };
+        assert!(
+            shown_item.as_str().unwrap().contains(expected),
+            "{shown_item} for {item}"
+        );
+    }
     let circles = shown["circles"].as_array().unwrap();
     assert_eq!(
         circles.len(),

@@ -14,8 +14,8 @@ pub struct EvalArgs {
     /// Benchmark directory with cities.jsonl, posts.jsonl and split.json.
     #[arg(long, default_value = "../shared/data")]
     pub data_dir: PathBuf,
-    /// K values, comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = super::flags::at_least_one, default_value = "1,2,4,8,16")]
+    /// K values, comma-separated; `all` takes every support post (one seed: every seed draws the same).
+    #[arg(long, value_delimiter = ',', value_parser = shots_or_all, default_value = "1,2,4,8,16")]
     pub shots: Vec<usize>,
     /// Seeds, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
@@ -36,6 +36,10 @@ pub struct EvalArgs {
     /// Evaluate this checkpoint instead of training (use with the single K and seed it was trained with).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// Do not fine-tune the encoders: every run uses the base model, and only the store's parts (votes,
+    /// lexical index, label head) learn from the K labels per city.
+    #[arg(long)]
+    pub no_train: bool,
     /// Save every run's trained checkpoint under this directory.
     #[arg(long)]
     pub save_checkpoints: Option<PathBuf>,
@@ -68,6 +72,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<usize> {
         max_test_per_city: args.max_test_per_city,
         checkpoint: args.checkpoint.clone(),
         save_checkpoints: args.save_checkpoints.clone(),
+        train_encoder: !args.no_train,
     };
     let base = || {
         args.options
@@ -91,6 +96,15 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<usize> {
     std::fs::write(args.out.join("report.md"), &markdown)?;
     println!("{markdown}");
     Ok(0)
+}
+
+/// A K: a whole number >= 1, or `all`.
+fn shots_or_all(text: &str) -> Result<usize, String> {
+    if text.trim() == "all" {
+        Ok(benchmark::ALL_SHOTS)
+    } else {
+        super::flags::at_least_one(text)
+    }
 }
 
 /// Writes the benchmark's test set and K-shot support sets as labelled-post JSONL.
@@ -117,7 +131,7 @@ fn export_sets(
     for &shots in &args.shots {
         for &seed in &args.seeds {
             write(
-                format!("k{shots}-seed{seed}.support.jsonl"),
+                format!("k{}-seed{seed}.support.jsonl", benchmark::shots_label(shots)),
                 &sample_k_shot(&data.split, &data.posts, shots, seed),
             )?;
         }

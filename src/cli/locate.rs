@@ -12,6 +12,7 @@ use super::index::{open_store, GeoModelArgs};
 use super::input::{keep_posts, InputLine, PostReader, PostsInput};
 use super::open_output;
 use super::progress::{bulk_progress, rate_message};
+use crate::engine::label_head::HeadConfig;
 use crate::engine::{Answer, AuthorAnswer, AuthorRule, EngineConfig, PostQuery, WeighingPost};
 
 /// Lines read and located per round: bounds memory on any input size.
@@ -95,6 +96,29 @@ pub struct EngineArgs {
     /// [0, 1] [default: the world store's tuned threshold on the zero-shot world store, 0 on yours].
     #[arg(long, env = "CONTRASTGEO_MIN_CONFIDENCE", value_parser = flags::unit_interval_f32)]
     pub min_confidence: Option<f32>,
+    /// Support posts matched by their words (BM25) per post; their cities join the candidates (0: vectors
+    /// only).
+    #[arg(long, env = "CONTRASTGEO_LEXICAL_HITS", default_value_t = EngineConfig::default().lexical_hits)]
+    pub lexical_hits: usize,
+    /// Weight of the lexical vote: a city gains this x its share of the BM25 score of the post's matches.
+    #[arg(long, env = "CONTRASTGEO_LEXICAL_WEIGHT", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().lexical_weight)]
+    pub lexical_weight: f32,
+    /// Weight of the dense vote: a city gains this x its share of the similarity mass of the support posts
+    /// among the post's nearest vectors.
+    #[arg(long, env = "CONTRASTGEO_VOTE_WEIGHT", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().vote_weight)]
+    pub vote_weight: f32,
+    /// Weight of the label head (the classifier fitted on the store's labels) in the ranking (0: off).
+    #[arg(long, env = "CONTRASTGEO_HEAD_WEIGHT", value_parser = flags::non_negative_f32, default_value_t = HeadConfig::default().weight)]
+    pub head_weight: f32,
+    /// Label count at which a city's head term counts half.
+    #[arg(long, value_parser = flags::non_negative_f32, default_value_t = HeadConfig::default().shrink)]
+    pub head_shrink: f32,
+    /// Passes over the labels when fitting the label head.
+    #[arg(long, value_parser = flags::at_least_one, default_value_t = HeadConfig::default().epochs)]
+    pub head_epochs: usize,
+    /// L2 regularisation of the label head.
+    #[arg(long, value_parser = flags::non_negative_f32, default_value_t = HeadConfig::default().l2)]
+    pub head_l2: f32,
 }
 
 impl EngineArgs {
@@ -114,6 +138,16 @@ impl EngineArgs {
             mention_weight: self.mention_weight,
             collapse_km: self.collapse_km,
             min_confidence: self.min_confidence.unwrap_or(0.0),
+            lexical_hits: self.lexical_hits,
+            lexical_weight: self.lexical_weight,
+            vote_weight: self.vote_weight,
+            head: HeadConfig {
+                weight: self.head_weight,
+                shrink: self.head_shrink,
+                epochs: self.head_epochs,
+                l2: self.head_l2,
+                ..HeadConfig::default()
+            },
         }
     }
 

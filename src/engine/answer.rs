@@ -38,6 +38,14 @@ pub struct Candidate {
     /// 50 km of it), when one does; it added `mention_weight * strength` to the city's score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mention: Option<String>,
+    /// The city's share of the BM25 score of the support posts that share the post's words, when any of
+    /// its posts does; it added `lexical_weight * share` to the city's score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexical_share: Option<f32>,
+    /// What the label head (the classifier fitted on the store's labels) added to the city's score (cosine
+    /// scale), when the store has one and the city has labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_score: Option<f32>,
 }
 
 /// A support post of the answered city that resembles the query, shown as evidence.
@@ -51,6 +59,26 @@ pub struct Evidence {
     pub source: String,
     /// Cosine similarity to the query post.
     pub similarity: f32,
+    /// How it was found: among the post's nearest vectors (`vector`) or by the words it shares with the
+    /// post (`words`, BM25).
+    #[serde(default)]
+    pub matched_by: MatchedBy,
+    /// Its BM25 score for the post's words, when it was found by them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bm25: Option<f32>,
+}
+
+/// How an evidence post was found.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchedBy {
+    /// One of the answered city's support posts nearest to the post's vector.
+    #[default]
+    Vector,
+    /// One of the answered city's support posts sharing the post's words best (BM25).
+    Words,
 }
 
 /// Where a post was most likely written, with the shortlist and evidence behind the guess.
@@ -99,6 +127,8 @@ impl Candidate {
             support_similarity: scored.support_similarity,
             tlm_logit: None,
             mention: scored.mention.clone(),
+            lexical_share: scored.lexical_share,
+            label_score: (scored.label_bonus != 0.0).then_some(scored.label_bonus),
         }
     }
 }
@@ -219,6 +249,8 @@ mod tests {
             support_similarity: None,
             tlm_logit: None,
             mention: None,
+            lexical_share: None,
+            label_score: None,
         }
     }
 

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::answer::{rank, Answer, Candidate};
-use super::retrieve::{score_city, score_for_ranking, PopulationPrior};
+use super::retrieve::{score_city, score_for_ranking, PopulationPrior, Votes};
 use super::snapshot::CityCache;
 use super::Located;
 use crate::geo::CityId;
@@ -79,8 +79,9 @@ pub(crate) struct Scoring<'a> {
     pub cities: &'a CityCache,
     pub prompt_weight: f32,
     pub population_prior: f32,
-    pub profile_weight: f32,
-    pub mention_weight: f32,
+    /// The weights of what posts say besides their vectors.
+    pub weights: super::EvidenceWeights,
+    pub head: Option<&'a super::label_head::LabelHead>,
     pub min_confidence: f32,
     pub tau: f32,
     pub top_k: usize,
@@ -177,6 +178,10 @@ pub(crate) fn aggregate(
                     profile_bonus: 0.0,
                     mention: None,
                     mention_bonus: 0.0,
+                    lexical_share: None,
+                    lexical_bonus: 0.0,
+                    vote_bonus: 0.0,
+                    label_bonus: 0.0,
                 },
             );
             candidate.tlm_logit = None;
@@ -227,9 +232,10 @@ fn post_distribution(
     less: impl Fn(CityId) -> f64,
 ) -> Vec<f64> {
     let (answer, query) = (&located.answer, located.query.as_slice());
-    let evidence = located
-        .signals
-        .evidence(scoring.profile_weight, scoring.mention_weight);
+    let evidence = located.signals.evidence(scoring.weights, scoring.head);
+    // The dense vote is known only for the cities among the post's nearest vectors, which are on its own
+    // shortlist; a city outside it is scored with the lexical vote alone.
+    let votes = Votes::of(&[], evidence.lexical);
     let own: HashMap<CityId, f32> = answer.top_k.iter().map(|c| (c.city_id, c.score)).collect();
     let least_logit = answer
         .top_k
@@ -247,6 +253,7 @@ fn post_distribution(
                     scoring.prompt_weight,
                     prior,
                     evidence,
+                    &votes,
                 )?;
                 Some(scored.ranking() / scoring.tau + least_logit)
             });

@@ -176,6 +176,9 @@ pub(crate) fn fill_store(
         );
     }
 
+    // The support posts' words, indexed from sled like the graph is (see contrastgeo_index::lexical).
+    drop(contrastgeo_index::LexicalIndex::open(dir, store)?);
+
     report(BuildStage::Graph, 0, 1);
     store.set_label_watermark(label_watermark)?;
     index.dump()?;

@@ -65,6 +65,14 @@ pub enum EngineError {
     /// There is nothing to build an index from.
     #[error("no cities to index")]
     NoCities,
+    /// Posts were given with another number of precomputed vectors.
+    #[error("{posts} posts were given with {vectors} vectors; give one vector per post")]
+    VectorCount {
+        /// Posts given.
+        posts: usize,
+        /// Vectors given.
+        vectors: usize,
+    },
     /// None of a post's nearest vectors belongs to a known city (the store lacks city records).
     #[error(
         "post #{index}: none of its nearest vectors belongs to a city the store knows; \

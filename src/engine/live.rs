@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use contrastgeo_index::{
-    Label, LabelLog, LabelSeq, PostLabel, StoreError, SupportPost, VectorKind, VectorMeta,
+    Label, LabelLog, LabelSeq, PostId, PostLabel, StoreError, SupportPost, VectorKind, VectorMeta,
 };
 use serde::Serialize;
 
@@ -281,6 +281,7 @@ impl LiveStore {
             let applied = store.catch_up(&store.engine.snapshot())?;
             if applied > 0 {
                 tracing::info!(applied, "applied labels acknowledged after the last build");
+                store.engine.snapshot().refit_head()?;
             }
         }
         Ok(store)
@@ -344,6 +345,9 @@ impl LiveStore {
         let snapshot = self.engine.snapshot();
         for chunk in labels.chunks(APPLY_CHUNK) {
             apply(&snapshot, chunk)?;
+        }
+        if !appended.posts.is_empty() {
+            snapshot.refit_head_in_background();
         }
         Ok(IngestReport {
             cities_added: appended.cities.iter().map(|(_, c)| c.clone()).collect(),
@@ -523,11 +527,8 @@ impl LiveStore {
         progress(RetrainProgress::Gating);
         let gate = {
             let model = Arc::new(model);
-            let candidate = Snapshot::open(
-                &building.join(INDEX_DIR),
-                model,
-                self.engine.config().index_options(),
-            )?;
+            let candidate =
+                Snapshot::open(&building.join(INDEX_DIR), model, self.engine.config())?;
             let gate_config = EngineConfig {
                 prompt_weight: 1.0,
                 ..self.engine.config().clone()
@@ -623,11 +624,7 @@ fn open_generation(
 ) -> Result<Snapshot> {
     let dir = generations.dir(id);
     let model = GeoModel::load(&dir.join(MODEL_DIR), device)?;
-    Snapshot::open(
-        &dir.join(INDEX_DIR),
-        Arc::new(model),
-        config.index_options(),
-    )
+    Snapshot::open(&dir.join(INDEX_DIR), Arc::new(model), config)
 }
 
 /// Applies labels to a snapshot's index (cities' prompts, posts as support vectors), records the last
@@ -696,6 +693,12 @@ fn apply(snapshot: &Snapshot, labels: &[(LabelSeq, Label)]) -> Result<()> {
             })
             .collect();
         index.insert(&rows)?;
+        let words: Vec<(PostId, CityId, &str)> = posts
+            .iter()
+            .zip(&ids)
+            .map(|(post, id)| (*id, post.city, post.text.as_str()))
+            .collect();
+        snapshot.lexical().add(&words)?;
         supports = posts
             .iter()
             .zip(ids)

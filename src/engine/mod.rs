@@ -27,6 +27,7 @@ pub mod author;
 pub mod build;
 pub mod error;
 pub mod generations;
+pub mod label_head;
 pub mod live;
 pub mod rerank;
 pub mod retrieve;
@@ -36,11 +37,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use contrastgeo_index::{IndexOptions, SupportPost};
+use contrastgeo_index::{dot, IndexOptions, LexicalHit, SupportPost};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-pub use answer::{Answer, Candidate, Evidence};
+pub use answer::{Answer, Candidate, Evidence, MatchedBy};
 pub use author::{AuthorAnswer, AuthorRule, WeighingPost};
 pub use build::{build_index, BuildProgress, BuildReport, BuildStage};
 pub use error::{EngineError, Result};
@@ -56,6 +57,7 @@ use crate::geo::City;
 use crate::model::pooling::to_rows;
 use crate::model::tokenize::length_buckets;
 use crate::model::{ForwardMode, GeoModel, ModelError};
+use label_head::{HeadScores, LabelHead};
 use retrieve::{CityScore, MentionedCity, PostEvidence, ProfileEvidence};
 
 /// Default weight of the population prior (see [`EngineConfig::population_prior`]) on a store of labelled
@@ -87,6 +89,16 @@ pub const WORLD_POPULATION_PRIOR: f32 = 0.03;
 /// test posts against the whole world, the 48% of answers at or above it are within 161 km 46% of the time,
 /// against 26% for all answers.
 pub const WORLD_MIN_CONFIDENCE: f32 = 0.4;
+
+/// Default number of lexical matches per post (see [`EngineConfig::lexical_hits`]).
+pub const DEFAULT_LEXICAL_HITS: usize = 32;
+
+/// Default weight of the lexical vote (see [`EngineConfig::lexical_weight`]), measured on the benchmark
+/// (README, "Learning from every label").
+pub const DEFAULT_LEXICAL_WEIGHT: f32 = 0.1;
+
+/// Default weight of the dense vote (see [`EngineConfig::vote_weight`]), measured like the lexical one.
+pub const DEFAULT_VOTE_WEIGHT: f32 = 0.1;
 
 /// Settings of the query path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +137,18 @@ pub struct EngineConfig {
     /// Below this confidence (the answer's probability over its shortlist) the answer's `city` is `null`:
     /// the engine abstains, still showing its best guess and shortlist. 0 always answers.
     pub min_confidence: f32,
+    /// Support posts fetched from the lexical (BM25) index per post; their cities join the candidates.
+    /// 0 switches the lexical side off.
+    pub lexical_hits: usize,
+    /// Weight of the lexical vote: a candidate gains `lexical_weight * share`, its share of the BM25 score
+    /// of the post's `lexical_hits` matches (every matching support post votes, so a city with many posts
+    /// using the post's words gains more than one with a single match).
+    pub lexical_weight: f32,
+    /// Weight of the dense vote: a candidate gains `vote_weight * share`, its share of the similarity mass
+    /// (`exp(cosine / 0.05)`) of the support posts among the post's `neighbours` nearest vectors.
+    pub vote_weight: f32,
+    /// The label head fitted on the store's labelled posts (see [`label_head`]).
+    pub head: label_head::HeadConfig,
 }
 
 impl Default for EngineConfig {
@@ -141,6 +165,10 @@ impl Default for EngineConfig {
             mention_weight: DEFAULT_MENTION_WEIGHT,
             collapse_km: DEFAULT_COLLAPSE_KM,
             min_confidence: 0.0,
+            lexical_hits: DEFAULT_LEXICAL_HITS,
+            lexical_weight: DEFAULT_LEXICAL_WEIGHT,
+            vote_weight: DEFAULT_VOTE_WEIGHT,
+            head: label_head::HeadConfig::default(),
         }
     }
 }
@@ -160,6 +188,13 @@ impl EngineConfig {
             ("profile_weight", self.profile_weight),
             ("mention_weight", self.mention_weight),
             ("population_prior", self.population_prior),
+            ("lexical_weight", self.lexical_weight),
+            ("vote_weight", self.vote_weight),
+            ("head.weight", self.head.weight),
+            ("head.shrink", self.head.shrink),
+            ("head.l2", self.head.l2),
+            ("head.learning_rate", self.head.learning_rate),
+            ("head.embedding_scale", self.head.embedding_scale),
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 return bad(format!("{name} must be a finite number >= 0, got {value}"));
@@ -202,7 +237,7 @@ impl Engine {
     /// Opens the store in `dir` for queries by `model` (see [`Snapshot::open`] for what is refused).
     pub fn open(dir: &Path, model: Arc<GeoModel>, config: EngineConfig) -> Result<Self> {
         config.validate()?;
-        let snapshot = Snapshot::open(dir, model, config.index_options())?;
+        let snapshot = Snapshot::open(dir, model, &config)?;
         Ok(Self::with_snapshot(snapshot, config))
     }
 
@@ -285,21 +320,68 @@ impl Engine {
             .collect())
     }
 
+    /// [`Engine::locate_posts`] for posts whose unit vectors the caller already has from this engine's post
+    /// encoder (a pipeline that embedded them once; an evaluation trying several settings on the same
+    /// posts). With a trained TLM head, whose rerank reads the encoder's token states, the posts are
+    /// encoded again and `vectors` serve only to check the count.
+    pub fn locate_embedded(
+        &self,
+        posts: &[PostQuery],
+        vectors: Vec<Vec<f32>>,
+    ) -> Result<Vec<Answer>> {
+        if posts.len() != vectors.len() {
+            return Err(EngineError::VectorCount {
+                posts: posts.len(),
+                vectors: vectors.len(),
+            });
+        }
+        check_texts(posts)?;
+        let snapshot = self.snapshot();
+        let view = View::of(&snapshot);
+        let signals = self.signals(&view, posts)?;
+        let located = if snapshot.model().config().head_trained {
+            self.locate_reranked(&view, posts, signals)?
+        } else {
+            self.locate_retrieved(&view, posts, signals, Some(vectors))?
+        };
+        Ok(located.into_iter().map(|l| l.answer).collect())
+    }
+
     fn locate_in(&self, view: &View, posts: &[PostQuery]) -> Result<Vec<Located>> {
+        let signals = self.signals(view, posts)?;
+        if view.snapshot.model().config().head_trained {
+            self.locate_reranked(view, posts, signals)
+        } else {
+            self.locate_retrieved(view, posts, signals, None)
+        }
+    }
+
+    /// What each post says besides its vector: profile, place names, lexical matches.
+    fn signals(&self, view: &View, posts: &[PostQuery]) -> Result<Vec<PostSignals>> {
         let signals: Vec<PostSignals> = self
             .profile_vectors(view, posts)?
             .into_iter()
             .zip(posts)
-            .map(|(profile, post)| PostSignals {
-                profile,
-                mentions: self.mentioned_cities(view, post.text),
+            .map(|(profile, post)| {
+                Ok(PostSignals {
+                    profile,
+                    mentions: self.mentioned_cities(view, post.text),
+                    lexical: self.lexical_hits(view, post.text)?,
+                    head_scores: None,
+                })
             })
-            .collect();
-        if view.snapshot.model().config().head_trained {
-            self.locate_reranked(view, posts, signals)
-        } else {
-            self.locate_retrieved(view, posts, signals)
+            .collect::<Result<_>>()?;
+        Ok(signals)
+    }
+
+    /// The support posts that share the words of `text` (none when the lexical side is off or the store
+    /// has no support posts).
+    fn lexical_hits(&self, view: &View, text: &str) -> Result<Vec<LexicalHit>> {
+        let lexical = view.snapshot.lexical();
+        if self.config.lexical_hits == 0 || lexical.is_empty() {
+            return Ok(Vec::new());
         }
+        Ok(lexical.search(text, self.config.lexical_hits)?)
     }
 
     /// The stored cities the place names in `text` point at (see [`EngineConfig::mention_weight`]).
@@ -397,8 +479,8 @@ impl Engine {
             cities: &view.cities,
             prompt_weight: self.config.prompt_weight,
             population_prior: self.config.population_prior,
-            profile_weight: self.config.profile_weight,
-            mention_weight: self.config.mention_weight,
+            weights: EvidenceWeights::from(&self.config),
+            head: view.head.as_deref(),
             min_confidence: self.config.min_confidence,
             tau: snapshot.model().config().tau as f32,
             top_k: self.config.top_k,
@@ -419,22 +501,27 @@ impl Engine {
         view: &View,
         posts: &[PostQuery],
         signals: Vec<PostSignals>,
+        vectors: Option<Vec<Vec<f32>>>,
     ) -> Result<Vec<Located>> {
         let texts: Vec<&str> = posts.iter().map(|p| p.text).collect();
-        let queries = view.snapshot.model().post_encoder().embed(&texts)?;
+        let queries = match vectors {
+            Some(vectors) => vectors,
+            None => view.snapshot.model().post_encoder().embed(&texts)?,
+        };
         let snapshot = view.snapshot;
         let tau = snapshot.model().config().tau as f32;
         queries
             .into_par_iter()
             .zip(signals)
             .enumerate()
-            .map(|(index, (query, signals))| {
+            .map(|(index, (query, mut signals))| {
+                signals.head_scores = view.head_scores(texts[index], &query);
                 let shortlist = self.shortlist(view, &query, &signals)?;
                 let candidates = candidates(&view.cities, &shortlist, |scored, _| {
                     (scored.ranking() / tau, None)
                 });
                 Ok(Located {
-                    answer: self.answer(view, index, &query, candidates)?,
+                    answer: self.answer(view, index, &query, candidates, &signals.lexical)?,
                     query,
                     signals,
                 })
@@ -469,10 +556,18 @@ impl Engine {
                 let batch = encoder.tokenizer().batch(&ids, encoder.device())?;
                 let encoded = encoder.encode_batch(&batch, ForwardMode::Inference)?;
                 let queries = to_rows(&encoded.pooled).map_err(ModelError::from)?;
-                let shortlists = queries
+                let group_signals: Vec<PostSignals> = queries
                     .iter()
                     .zip(&group)
-                    .map(|(query, &index)| self.shortlist(view, query, &signals[index]))
+                    .map(|(query, &index)| PostSignals {
+                        head_scores: view.head_scores(texts[index], query),
+                        ..signals[index].clone()
+                    })
+                    .collect();
+                let shortlists = queries
+                    .iter()
+                    .zip(&group_signals)
+                    .map(|(query, signals)| self.shortlist(view, query, signals))
                     .collect::<Result<Vec<_>>>()?;
                 let logits = rerank::tlm_logits(
                     model,
@@ -484,16 +579,23 @@ impl Engine {
                 let answers = group
                     .iter()
                     .zip(queries)
+                    .zip(group_signals)
                     .zip(shortlists.iter().zip(&logits))
-                    .map(|((&index, query), (shortlist, logits))| {
+                    .map(|(((&index, query), signals), (shortlist, logits))| {
                         let candidates = candidates(&view.cities, shortlist, |scored, position| {
                             let logit = logits[position];
                             (logit + scored.ranking() / tau, Some(logit))
                         });
                         Ok(Located {
-                            answer: self.answer(view, index, &query, candidates)?,
+                            answer: self.answer(
+                                view,
+                                index,
+                                &query,
+                                candidates,
+                                &signals.lexical,
+                            )?,
                             query,
-                            signals: signals[index].clone(),
+                            signals,
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -523,18 +625,20 @@ impl Engine {
             view.snapshot.index(),
             &view.cities,
             query,
-            signals.evidence(self.config.profile_weight, self.config.mention_weight),
+            signals.evidence(&self.config, view.head.as_deref()),
             &self.config,
         )
     }
 
-    /// Ranks the candidates and attaches the answered city's best support posts.
+    /// Ranks the candidates and attaches the answered city's support posts nearest to the post and, after
+    /// them, those that share its words best (`lexical`: the post's lexical matches).
     fn answer(
         &self,
         view: &View,
         index: usize,
         query: &[f32],
         mut candidates: Vec<Candidate>,
+        lexical: &[LexicalHit],
     ) -> Result<Answer> {
         answer::rank(&mut candidates);
         answer::collapse(&mut candidates, &view.cities, self.config.collapse_km);
@@ -543,14 +647,34 @@ impl Engine {
             .first()
             .and_then(|best| view.cities.get(best.city_id))
         {
-            for (post_id, similarity) in retrieve::best_supports(query, entry, self.config.evidence)
-            {
+            let nearest = retrieve::best_supports(query, entry, self.config.evidence)
+                .into_iter()
+                .map(|(post, similarity)| (post, similarity, None));
+            let by_words = lexical
+                .iter()
+                .filter(|hit| hit.city == entry.city.id)
+                .filter_map(|hit| {
+                    let vector = entry.supports.iter().find(|s| s.post == hit.post)?;
+                    Some((hit.post, dot(query, &vector.vector), Some(hit.score)))
+                })
+                .take(self.config.evidence);
+            let mut shown = std::collections::HashSet::new();
+            for (post_id, similarity, bm25) in nearest.chain(by_words) {
+                if !shown.insert(post_id) {
+                    continue;
+                }
                 if let Some(post) = view.snapshot.index().store().support_post(post_id)? {
                     evidence.push(Evidence {
                         post_id,
                         text: post.text,
                         source: post.source,
                         similarity,
+                        matched_by: if bm25.is_some() {
+                            MatchedBy::Words
+                        } else {
+                            MatchedBy::Vector
+                        },
+                        bm25,
                     });
                 }
             }
@@ -595,17 +719,56 @@ pub(crate) struct PostSignals {
     profile: Option<Vec<f32>>,
     /// The stored cities its place names point at.
     mentions: Vec<MentionedCity>,
+    /// The support posts that share its words.
+    lexical: Vec<LexicalHit>,
+    /// The label head's scores of it, when the store has a head.
+    head_scores: Option<HeadScores>,
+}
+
+/// The weights of what a post says besides its vector (the engine's, or an author rule's copy).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EvidenceWeights {
+    pub profile: f32,
+    pub mention: f32,
+    pub lexical: f32,
+    pub vote: f32,
+    pub head: f32,
+    pub head_shrink: f32,
+}
+
+impl From<&EngineConfig> for EvidenceWeights {
+    fn from(config: &EngineConfig) -> Self {
+        Self {
+            profile: config.profile_weight,
+            mention: config.mention_weight,
+            lexical: config.lexical_weight,
+            vote: config.vote_weight,
+            head: config.head.weight,
+            head_shrink: config.head.shrink,
+        }
+    }
 }
 
 impl PostSignals {
-    fn evidence(&self, profile_weight: f32, mention_weight: f32) -> PostEvidence<'_> {
+    fn evidence<'a>(
+        &'a self,
+        weights: impl Into<EvidenceWeights>,
+        head: Option<&'a LabelHead>,
+    ) -> PostEvidence<'a> {
+        let weights = weights.into();
         PostEvidence {
             profile: self.profile.as_deref().map(|vector| ProfileEvidence {
                 vector,
-                weight: profile_weight,
+                weight: weights.profile,
             }),
             mentions: &self.mentions,
-            mention_weight,
+            mention_weight: weights.mention,
+            lexical: &self.lexical,
+            lexical_weight: weights.lexical,
+            vote_weight: weights.vote,
+            head: head.zip(self.head_scores.as_ref()),
+            head_weight: weights.head,
+            head_shrink: weights.head_shrink,
         }
     }
 }
@@ -620,19 +783,28 @@ pub(crate) struct Located {
     signals: PostSignals,
 }
 
-/// What one `locate` call reads: the generation and one view of its city table.
+/// What one `locate` call reads: the generation, one view of its city table and its label head.
 struct View<'a> {
     snapshot: &'a Snapshot,
     cities: Arc<CityCache>,
+    head: Option<Arc<LabelHead>>,
 }
 
 impl<'a> View<'a> {
-    /// One view of `snapshot`'s city table for a whole call, even while cities are added live.
+    /// One view of `snapshot`'s city table and head for a whole call, even while cities are added live.
     fn of(snapshot: &'a Snapshot) -> Self {
         Self {
             cities: snapshot.cities(),
+            head: snapshot.head(),
             snapshot,
         }
+    }
+
+    /// The label head's scores of a post, when there is a head.
+    fn head_scores(&self, text: &str, query: &[f32]) -> Option<HeadScores> {
+        self.head
+            .as_ref()
+            .map(|head| head.log_probabilities(text, query))
     }
 }
 

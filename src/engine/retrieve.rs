@@ -11,9 +11,12 @@
 //! Ranking adds what the post says besides its vector ([`PostEvidence`]: its profile location and the places
 //! it names) and the population prior ([`PopulationPrior`]) to the retrieval score: [`CityScore::ranking`].
 
-use contrastgeo_index::{dot, Neighbour, PostId, VectorIndex};
+use std::collections::HashMap;
+
+use contrastgeo_index::{dot, LexicalHit, Neighbour, PostId, VectorIndex, VectorKind};
 
 use super::error::Result;
+use super::label_head::{HeadScores, LabelHead};
 use super::snapshot::{CityCache, CityEntry};
 use crate::geo::CityId;
 
@@ -39,13 +42,82 @@ pub struct CityScore {
     pub mention: Option<String>,
     /// What the mention adds when ranking: `mention_weight * strength` (0 without one).
     pub mention_bonus: f32,
+    /// The city's share of the BM25 score of the post's lexical matches, when any support post matched.
+    pub lexical_share: Option<f32>,
+    /// What the lexical vote adds: `lexical_weight * lexical_share`.
+    pub lexical_bonus: f32,
+    /// What the dense vote adds: `vote_weight *` the city's share of the similarity mass of the support
+    /// posts among the post's nearest vectors.
+    pub vote_bonus: f32,
+    /// What the label head adds (see [`LabelHead::bonus`]; 0 for a city it has no labels of).
+    pub label_bonus: f32,
 }
 
 impl CityScore {
-    /// What the shortlist is ranked by: the retrieval score plus the population prior and profile bonus.
+    /// What the shortlist is ranked by: the retrieval score plus the population prior, the profile and
+    /// mention bonuses, the dense and lexical votes and the label head's term.
     pub fn ranking(&self) -> f32 {
-        self.retrieval + self.prior + self.profile_bonus + self.mention_bonus
+        self.retrieval
+            + self.prior
+            + self.profile_bonus
+            + self.mention_bonus
+            + self.lexical_bonus
+            + self.vote_bonus
+            + self.label_bonus
     }
+}
+
+/// Temperature of the dense vote's weights `exp(cosine / T)`: a support post 0.05 closer counts e times
+/// as much.
+const VOTE_TEMPERATURE: f32 = 0.05;
+
+/// Each city's share of the votes of the support posts the post matched: by vectors (similarity-weighted
+/// among the nearest neighbours) and by words (BM25-weighted among the lexical matches). Every matching
+/// support post votes, so a city with many posts like this one gains more than a city with one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Votes {
+    /// City -> share of the dense vote, in [0, 1].
+    pub dense: HashMap<CityId, f32>,
+    /// City -> share of the lexical vote, in [0, 1].
+    pub lexical: HashMap<CityId, f32>,
+}
+
+impl Votes {
+    /// The votes of the support posts among `neighbours` and `lexical` matches.
+    pub fn of(neighbours: &[Neighbour], lexical: &[LexicalHit]) -> Self {
+        let supports: Vec<(CityId, f32)> = neighbours
+            .iter()
+            .filter(|n| n.meta.kind == VectorKind::Support)
+            .map(|n| (n.meta.city, n.similarity))
+            .collect();
+        let top = supports
+            .iter()
+            .map(|s| s.1)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let dense = shares(
+            supports
+                .iter()
+                .map(|&(city, sim)| (city, ((sim - top) / VOTE_TEMPERATURE).exp())),
+        );
+        let lexical = shares(lexical.iter().map(|hit| (hit.city, hit.score.max(0.0))));
+        Self { dense, lexical }
+    }
+}
+
+/// Each city's share of the summed weights.
+fn shares(weights: impl Iterator<Item = (CityId, f32)>) -> HashMap<CityId, f32> {
+    let mut by_city: HashMap<CityId, f32> = HashMap::new();
+    let mut total = 0.0;
+    for (city, weight) in weights {
+        *by_city.entry(city).or_default() += weight;
+        total += weight;
+    }
+    if total > 0.0 {
+        by_city.values_mut().for_each(|w| *w /= total);
+    } else {
+        by_city.clear();
+    }
+    by_city
 }
 
 /// The population prior: `weight * ln(1 + population)` is added to a city's score, so that among cities a
@@ -104,6 +176,18 @@ pub struct PostEvidence<'a> {
     pub mentions: &'a [MentionedCity],
     /// `mention_weight` of the engine.
     pub mention_weight: f32,
+    /// The support posts that share the post's words.
+    pub lexical: &'a [LexicalHit],
+    /// `lexical_weight` of the engine.
+    pub lexical_weight: f32,
+    /// `vote_weight` of the engine.
+    pub vote_weight: f32,
+    /// The label head with its scores of the post, when the store has one.
+    pub head: Option<(&'a LabelHead, &'a HeadScores)>,
+    /// `head.weight` of the engine.
+    pub head_weight: f32,
+    /// `head.shrink` of the engine.
+    pub head_shrink: f32,
 }
 
 /// A post's profile location as evidence: its unit vector and the weight of its similarity.
@@ -143,16 +227,22 @@ pub fn score_city(query: &[f32], entry: &CityEntry, prompt_weight: f32) -> Optio
         profile_bonus: 0.0,
         mention: None,
         mention_bonus: 0.0,
+        lexical_share: None,
+        lexical_bonus: 0.0,
+        vote_bonus: 0.0,
+        label_bonus: 0.0,
     })
 }
 
-/// [`score_city`] with what ranking adds: the population prior, the profile bonus and the mention bonus.
+/// [`score_city`] with what ranking adds: the population prior, the profile and mention bonuses, the
+/// votes and the label head's term.
 pub fn score_for_ranking(
     query: &[f32],
     entry: &CityEntry,
     prompt_weight: f32,
     prior: PopulationPrior,
     evidence: PostEvidence,
+    votes: &Votes,
 ) -> Option<CityScore> {
     let mut score = score_city(query, entry, prompt_weight)?;
     score.prior = prior.of(entry.city.population);
@@ -165,11 +255,18 @@ pub fn score_for_ranking(
         score.mention = Some(mentioned.written.clone());
         score.mention_bonus = evidence.mention_weight * mentioned.strength;
     }
+    let city = entry.city.id;
+    score.lexical_share = votes.lexical.get(&city).copied();
+    score.lexical_bonus = evidence.lexical_weight * score.lexical_share.unwrap_or(0.0);
+    score.vote_bonus = evidence.vote_weight * votes.dense.get(&city).copied().unwrap_or(0.0);
+    if let Some((head, scores)) = evidence.head {
+        score.label_bonus = head.bonus(scores, city, evidence.head_weight, evidence.head_shrink);
+    }
     Some(score)
 }
 
-/// The `top_k` best cities among those the `neighbours` belong to and those the post's place names point at,
-/// best first (ties by city id).
+/// The `top_k` best cities among those the `neighbours` belong to, those the post's place names point at,
+/// those of its lexical matches and the label head's `top_k` likeliest, best first (ties by city id).
 pub fn shortlist(
     query: &[f32],
     neighbours: &[Neighbour],
@@ -180,14 +277,21 @@ pub fn shortlist(
     top_k: usize,
 ) -> Vec<CityScore> {
     let prior = PopulationPrior::over(population_prior, cities);
+    let votes = Votes::of(neighbours, evidence.lexical);
+    let head_cities = evidence
+        .head
+        .map(|(head, scores)| head.top_cities(scores, top_k))
+        .unwrap_or_default();
     let mut seen = std::collections::HashSet::new();
     let mut scored: Vec<CityScore> = neighbours
         .iter()
         .map(|n| n.meta.city)
         .chain(evidence.mentions.iter().map(|m| m.city))
+        .chain(evidence.lexical.iter().map(|hit| hit.city))
+        .chain(head_cities)
         .filter(|&city| seen.insert(city))
         .filter_map(|city| cities.get(city))
-        .filter_map(|entry| score_for_ranking(query, entry, prompt_weight, prior, evidence))
+        .filter_map(|entry| score_for_ranking(query, entry, prompt_weight, prior, evidence, &votes))
         .collect();
     scored.sort_by(|a, b| {
         b.ranking()
@@ -292,9 +396,9 @@ mod tests {
             strength: 0.5,
         }];
         let evidence = PostEvidence {
-            profile: None,
             mentions: &mentions,
             mention_weight: 2.0,
+            ..PostEvidence::default()
         };
         // No HNSW neighbour proposes city 2; the mention does, with 2.0 * 0.5 added to its cosine of 0.
         let ranked = shortlist(&query, &[], &cities, 1.0, 0.0, evidence, 5);

@@ -10,11 +10,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
-use contrastgeo_index::{IndexOptions, IndexStatus, PostId, Store, VectorIndex, VectorKind};
+use contrastgeo_index::{IndexStatus, LexicalIndex, PostId, Store, VectorIndex, VectorKind};
 
 use super::error::{EngineError, Result};
+use super::label_head::{HeadConfig, LabelHead, LabelledExample};
+use super::EngineConfig;
 use crate::geo::mentions::PlaceNames;
 use crate::geo::{City, CityId};
 use crate::model::GeoModel;
@@ -336,13 +338,21 @@ fn is_parent(parent: &City, city: &City, radius_km: f64) -> bool {
         && crate::geo::haversine_km(parent.lat, parent.lon, city.lat, city.lon) <= radius_km
 }
 
-/// The model, the index built with it, and the city cache: one immutable generation of the query path.
+/// The model, the index built with it (vectors and words), the city cache and the label head fitted on the
+/// store's labels: one immutable generation of the query path.
 pub struct Snapshot {
     dir: PathBuf,
     model: Arc<GeoModel>,
     index: VectorIndex,
+    /// The support posts' words (BM25), beside the vectors.
+    lexical: LexicalIndex,
     /// Replaced whole (copy on write) when cities or support posts are added live.
     cities: RwLock<Arc<CityCache>>,
+    /// The label head over the store's labelled posts; refitted (and replaced whole) after labels arrive.
+    head: RwLock<Option<Arc<LabelHead>>>,
+    head_config: HeadConfig,
+    /// Refits asked for and done ([`Snapshot::refit_head_in_background`]).
+    refits: Mutex<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -351,6 +361,7 @@ impl std::fmt::Debug for Snapshot {
             .field("dir", &self.dir)
             .field("model", &self.model.config().model_id)
             .field("index", &self.index)
+            .field("lexical", &self.lexical)
             .field("cities", &self.cities().len())
             .finish()
     }
@@ -362,9 +373,12 @@ impl Snapshot {
         dir.join(RECORDS_DIR).is_dir()
     }
 
-    /// Opens the store in `dir` for queries by `model`. Refuses a missing or empty store, and a store filled
-    /// by another model ([`EngineError::ModelMismatch`]): its vectors cannot be compared with this model's.
-    pub fn open(dir: &Path, model: Arc<GeoModel>, options: IndexOptions) -> Result<Self> {
+    /// Opens the store in `dir` for queries by `model` with the index options and label head settings of
+    /// `config`, catches its lexical index up with its records, and fits the label head. Refuses a missing
+    /// or empty store, and a store filled by another model ([`EngineError::ModelMismatch`]): its vectors
+    /// cannot be compared with this model's.
+    pub fn open(dir: &Path, model: Arc<GeoModel>, config: &EngineConfig) -> Result<Self> {
+        let options = config.index_options();
         if !Self::exists(dir) {
             return Err(EngineError::NoStore {
                 dir: dir.to_path_buf(),
@@ -385,6 +399,7 @@ impl Snapshot {
             });
         }
         let cities = CityCache::load(index.store())?;
+        let lexical = LexicalIndex::open(dir, index.store())?;
         tracing::info!(
             store = %dir.display(),
             model = %model_id,
@@ -393,12 +408,108 @@ impl Snapshot {
             status = ?index.status(),
             "opened index"
         );
-        Ok(Self {
+        let snapshot = Self {
             dir: dir.to_path_buf(),
             model,
             index,
+            lexical,
             cities: RwLock::new(Arc::new(cities)),
-        })
+            head: RwLock::new(None),
+            head_config: config.head.clone(),
+            refits: Mutex::new((0, 0)),
+        };
+        snapshot.refit_head()?;
+        Ok(snapshot)
+    }
+
+    /// The support posts' lexical (BM25) index.
+    pub fn lexical(&self) -> &LexicalIndex {
+        &self.lexical
+    }
+
+    /// The label head as of now, when the store has enough labels for one.
+    pub fn head(&self) -> Option<Arc<LabelHead>> {
+        self.head
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Fits the label head on every support post the store holds now and publishes it; returns it.
+    pub fn refit_head(&self) -> Result<Option<Arc<LabelHead>>> {
+        self.refit_head_with(&self.head_config)
+    }
+
+    /// [`Snapshot::refit_head`] with other fitting settings (an evaluation trying several).
+    pub fn refit_head_with(&self, config: &HeadConfig) -> Result<Option<Arc<LabelHead>>> {
+        if config.weight <= 0.0 {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let cities = self.cities();
+        let vectors: HashMap<PostId, &[f32]> = cities
+            .iter()
+            .flat_map(|e| e.supports.iter().map(|s| (s.post, s.vector.as_slice())))
+            .collect();
+        if vectors.is_empty() {
+            return Ok(None);
+        }
+        let mut texts: Vec<(PostId, CityId, String)> = Vec::with_capacity(vectors.len());
+        for entry in self.index.store().support_posts_after(None) {
+            let (id, post) = entry?;
+            if vectors.contains_key(&id) {
+                texts.push((id, post.city, post.text));
+            }
+        }
+        let examples: Vec<LabelledExample> = texts
+            .iter()
+            .map(|(id, city, text)| LabelledExample {
+                city: *city,
+                text,
+                embedding: vectors[id],
+            })
+            .collect();
+        let head = LabelHead::fit(&examples, config).map(Arc::new);
+        if let Some(head) = &head {
+            tracing::info!(
+                posts = head.posts(),
+                cities = head.cities(),
+                features = head.features(),
+                seconds = started.elapsed().as_secs_f64(),
+                "label head fitted"
+            );
+        }
+        *self.head.write().unwrap_or_else(PoisonError::into_inner) = head.clone();
+        Ok(head)
+    }
+
+    /// Refits the label head on a background thread (after live ingest: the new posts are searchable at
+    /// once through the vectors and words; the head follows seconds later). Requests that arrive while a
+    /// refit runs are served by one more refit once it ends.
+    pub fn refit_head_in_background(self: &Arc<Self>) {
+        if self.head_config.weight <= 0.0 {
+            return;
+        }
+        let running = {
+            let mut refits = self.refits.lock().unwrap_or_else(PoisonError::into_inner);
+            refits.0 += 1;
+            refits.0 - 1 > refits.1
+        };
+        if running {
+            return;
+        }
+        let snapshot = Arc::clone(self);
+        std::thread::spawn(move || loop {
+            let asked = snapshot.refits.lock().unwrap_or_else(PoisonError::into_inner).0;
+            if let Err(error) = snapshot.refit_head() {
+                tracing::warn!(%error, "refitting the label head failed; the previous head stays");
+            }
+            let mut refits = snapshot.refits.lock().unwrap_or_else(PoisonError::into_inner);
+            refits.1 = asked;
+            if refits.0 == asked {
+                break;
+            }
+        });
     }
 
     /// The store directory.

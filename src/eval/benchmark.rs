@@ -98,6 +98,21 @@ pub struct BenchmarkSpec {
     pub checkpoint: Option<std::path::PathBuf>,
     /// Save each run's trained checkpoint under this directory (`k{K}-seed{S}`).
     pub save_checkpoints: Option<std::path::PathBuf>,
+    /// Fine-tune the encoders (TLC + TLM) per run; without it every run uses the base model, and the
+    /// store's own parts (votes, label head) are all that learn from the labels.
+    pub train_encoder: bool,
+}
+
+/// The K that means "every support post" ([`sample_k_shot`] takes them all).
+pub const ALL_SHOTS: usize = usize::MAX;
+
+/// "all" for [`ALL_SHOTS`], else the number.
+pub fn shots_label(shots: usize) -> String {
+    if shots == ALL_SHOTS {
+        "all".to_string()
+    } else {
+        shots.to_string()
+    }
 }
 
 /// One (K, seed) run.
@@ -333,7 +348,11 @@ pub fn run(
     if test.is_empty() {
         return Err(EvalError::NoTestPosts);
     }
-    let base = base_model()?;
+    // The base model's weights never change here: every rule that asks it for the same post gets the
+    // embedding it made first (without training, the engine of every run uses this model too).
+    let base = Arc::new(base_model()?);
+    base.post_encoder().freeze_with_cache();
+    base.location_encoder().freeze_with_cache();
     let render = |p: &CityPost| base.config().post_input.render(&p.post);
     let test_texts: Vec<String> = test.iter().map(render).collect();
     let test_refs: Vec<&str> = test_texts.iter().map(String::as_str).collect();
@@ -366,8 +385,16 @@ pub fn run(
     let mut results = Vec::new();
     for &shots in &spec.shots {
         let mut runs = Vec::new();
-        for &seed in &spec.seeds {
-            on_event(&format!("K={shots} seed={seed}: training"));
+        // Every seed draws the same set when it takes every post.
+        let seeds = if shots == ALL_SHOTS {
+            &spec.seeds[..spec.seeds.len().min(1)]
+        } else {
+            &spec.seeds[..]
+        };
+        let label = shots_label(shots);
+        for &seed in seeds {
+            let shots_text = &label;
+            on_event(&format!("K={shots_text} seed={seed}: training"));
             let support = sample_k_shot(&data.split, &data.posts, shots, seed);
             let support_texts: Vec<String> = support.iter().map(render).collect();
             let support_refs: Vec<&str> = support_texts.iter().map(String::as_str).collect();
@@ -384,7 +411,11 @@ pub fn run(
             );
 
             let (model, train_report) = match &spec.checkpoint {
-                Some(dir) => (GeoModel::load(dir, base.device())?, TrainReport::default()),
+                Some(dir) => (
+                    Arc::new(GeoModel::load(dir, base.device())?),
+                    TrainReport::default(),
+                ),
+                None if !spec.train_encoder => (Arc::clone(&base), TrainReport::default()),
                 None => {
                     let mut model = base_model()?;
                     let config = TrainConfig {
@@ -398,18 +429,23 @@ pub fn run(
                         train(&mut model, &table, &posts, &config, on_step)?
                     };
                     if let Some(root) = &spec.save_checkpoints {
-                        model.save(&root.join(format!("k{shots}-seed{seed}")))?;
+                        model.save(&root.join(format!("k{shots_text}-seed{seed}")))?;
                     }
-                    (model, report)
+                    (Arc::new(model), report)
                 }
             };
             on_event(&format!(
-                "K={shots} seed={seed}: trained {} steps in {:.0}s; evaluating",
+                "K={shots_text} seed={seed}: trained {} steps in {:.0}s; evaluating",
                 train_report.steps, train_report.seconds
             ));
-            let tlc = tlc_rankings(&model, &data.cities, &test_refs)?;
+            // Without training the model is the base one: the paper's rule is the zero-shot rule.
+            let tlc = if spec.train_encoder || spec.checkpoint.is_some() {
+                Some(tlc_rankings(&model, &data.cities, &test_refs)?)
+            } else {
+                None
+            };
             let store =
-                EvalStore::build(Arc::new(model), &data.cities, &support, spec.engine.clone())?;
+                EvalStore::build(model, &data.cities, &support, spec.engine.clone())?;
             let engine: Vec<Vec<usize>> = store
                 .answers(&test_refs)?
                 .iter()
@@ -429,7 +465,10 @@ pub fn run(
             predictions.insert(METHODS[1].to_string(), centroid);
             predictions.insert(
                 METHODS[2].to_string(),
-                to_predictions(&test, tlc, &data.cities),
+                match tlc {
+                    Some(tlc) => to_predictions(&test, tlc, &data.cities),
+                    None => zero_shot_predictions.clone(),
+                },
             );
             predictions.insert(METHODS[3].to_string(), engine);
             // The same engine, told each post's profile location where the post has one (not the
@@ -474,10 +513,10 @@ pub fn run(
                     );
                 }
             }
-            on_event(&format!("K={shots} seed={seed}: {}", one_line(&methods)));
+            on_event(&format!("K={shots_text} seed={seed}: {}", one_line(&methods)));
             if let Some(a) = &authors {
                 on_event(&format!(
-                    "K={shots} seed={seed}: authors with >= {MANY_POSTS} posts ({}): Acc@1 {:.3} Acc@161km {:.3} (their posts one by one: {:.3} / {:.3})",
+                    "K={shots_text} seed={seed}: authors with >= {MANY_POSTS} posts ({}): Acc@1 {:.3} Acc@161km {:.3} (their posts one by one: {:.3} / {:.3})",
                     a.authors_with_many_posts.n,
                     a.authors_with_many_posts.acc1,
                     a.authors_with_many_posts.acc161,
@@ -554,7 +593,7 @@ pub fn to_markdown(report: &BenchmarkReport) -> String {
         report.test_posts, report.unnamed_posts, report.spec.seeds
     );
     for shot in &report.results {
-        md.push_str(&format!("### K = {}\n\n", shot.shots));
+        md.push_str(&format!("### K = {}\n\n", shots_label(shot.shots)));
         md.push_str("| rule | Acc@1 | Acc@5 | Acc@161km | mean km | median km | macro Acc@1 | macro Acc@161km | macro median km | unnamed Acc@1 | unnamed Acc@161km |\n");
         md.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         for name in METHODS {

@@ -151,6 +151,9 @@ pub struct TextEncoder {
     weight_prefix: String,
     settings: EncoderSettings,
     device: Device,
+    /// Embeddings by text, once [`TextEncoder::freeze_with_cache`] switched it on (an evaluation that asks
+    /// for the same posts several times with weights that never change).
+    cache: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Vec<f32>>>>,
 }
 
 impl TextEncoder {
@@ -185,7 +188,15 @@ impl TextEncoder {
             weight_prefix,
             settings,
             device: device.clone(),
+            cache: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Remembers every embedding [`TextEncoder::embed`] makes from now on and answers a text it has seen
+    /// from memory. Only for an encoder whose weights no longer change (training would make the memory
+    /// stale): the evaluation of a frozen base model, which embeds the same test posts for every rule.
+    pub fn freeze_with_cache(&self) {
+        self.cache.get_or_init(Default::default);
     }
 
     /// Width of the embeddings.
@@ -261,6 +272,28 @@ impl TextEncoder {
     /// through [`super::cpu_forward`] (no padding, one batch per core); on other devices through the candle
     /// path of [`TextEncoder::embed_reference`].
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let Some(cache) = self.cache.get() else {
+            return self.embed_uncached(texts);
+        };
+        let known = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let missing: Vec<&str> = texts
+            .iter()
+            .copied()
+            .filter(|t| !known.contains_key(*t))
+            .collect();
+        drop(known);
+        let fresh = self.embed_uncached(&missing)?;
+        let mut known = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (text, vector) in missing.into_iter().zip(fresh) {
+            known.insert(text.to_owned(), vector);
+        }
+        Ok(texts.iter().map(|t| known[*t].clone()).collect())
+    }
+
+    fn embed_uncached(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
         if !self.device.is_cpu() {
             return self.embed_reference(texts);
         }

@@ -385,6 +385,7 @@ impl From<EngineError> for ApiError {
             | EngineError::ModelMismatch { .. }
             | EngineError::UnknownSupportCity { .. }
             | EngineError::NoCities
+            | EngineError::VectorCount { .. }
             | EngineError::NoCandidates { .. }
             | EngineError::InvalidConfig(_)
             | EngineError::Io { .. }) => Self::Internal {

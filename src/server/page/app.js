@@ -299,7 +299,8 @@ function showAnswer(answer, map) {
       element("span", { className: "num" }, percent(c.probability)));
   }));
   $("evidence").replaceChildren(...(answer.evidence.length ? answer.evidence.map((e) =>
-    element("li", {}, `“${e.text}” `, element("span", { className: "sim" }, `similarity ${e.similarity.toFixed(2)}`)))
+    element("li", {}, `“${e.text}” `, element("span", { className: "sim" },
+      e.matched_by === "words" ? `shares its words (BM25 ${e.bm25.toFixed(1)})` : `similarity ${e.similarity.toFixed(2)}`)))
     : [element("li", {}, "No support post of this city resembles the post: answered from the city's prompt.")]));
   map.show(answer.top_k, answer.city_id);
 }
