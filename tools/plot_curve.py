@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""The learning curve: Acc@1 and macro Acc@1 against labels per city, contrastgeo's engine vs its peers.
+
+Reads the engine's reports (every `reports/curve/*/report.json` written by `contrastgeo eval ... --out`) and the peers' (`tools/peers/run.sh`, `reports/curve/peers/peers.json`), writes
+`reports/curve/curve.png` and prints the Markdown table the README quotes.
+
+    python3 tools/plot_curve.py [--curve reports/curve]
+
+Needs matplotlib (tools/peers/run.sh installs it in its virtual environment: run it with
+target/peers-venv/bin/python).
+"""
+
+import argparse
+import json
+import os
+
+ORDER = ["1", "2", "4", "8", "16", "32", "64", "all"]
+
+
+def engine_rows(curve):
+    rows = {}
+    for name in sorted(os.listdir(curve)):
+        path = os.path.join(curve, name, "report.json")
+        if not os.path.exists(path):
+            continue
+        report = json.load(open(path))
+        for result in report["results"]:
+            k = "all" if result["shots"] >= 2**63 else str(result["shots"])
+            methods = result["methods"]
+            authors = (result.get("authors") or {}).get("authors_with_many_posts") or {}
+            rows[k] = {
+                "engine": methods["engine"],
+                "zero-shot": methods["zero-shot"],
+                "seeds": len(result["runs"]),
+                "authors": authors,
+            }
+    return rows
+
+
+def peer_rows(curve):
+    path = os.path.join(curve, "peers", "peers.json")
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+def peer_metric(peers, method, k, key):
+    entry = peers.get("methods", {}).get(method, {}).get(k)
+    return None if entry is None else entry["mean"].get(key)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--curve", default="reports/curve")
+    args = parser.parse_args()
+    engine = engine_rows(args.curve)
+    peers = peer_rows(args.curve)
+    ks = [k for k in ORDER if k in engine]
+
+    print("| labels per city | seeds | engine Acc@1 / macro / unnamed / Acc@161km | "
+          "TF-IDF LR Acc@1 / macro / unnamed / Acc@161km | majority Acc@1 | zero-shot Acc@1 | "
+          "authors >= 5 posts: engine / LR Acc@161km |")
+    print("|---|---|---|---|---|---|---|")
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"
+    for k in ks:
+        e = engine[k]["engine"]
+        lr = [peer_metric(peers, "tfidf_lr", k, key) for key in ("acc1", "macro_acc1", "unnamed_acc1", "acc161")]
+        print(f"| {k} | {engine[k]['seeds']} | {e['overall']['acc1']:.3f} / {e['macro_avg']['acc1']:.3f} / "
+              f"{e['unnamed']['acc1']:.3f} / {e['overall']['acc161']:.3f} | {' / '.join(map(fmt, lr))} | "
+              f"{fmt(peer_metric(peers, 'majority', k, 'acc1'))} | {engine[k]['zero-shot']['overall']['acc1']:.3f} | "
+              f"{fmt(engine[k]['authors'].get('acc161'))} / {fmt(peer_metric(peers, 'tfidf_lr', k, 'author_acc161'))} |")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = list(range(len(ks)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    for ax, (title, key, peer_key) in zip(axes, [("Acc@1", "overall", "acc1"), ("macro Acc@1", "macro_avg", "macro_acc1")]):
+        ax.plot(xs, [engine[k]["engine"][key]["acc1"] for k in ks], "o-", label="contrastgeo engine", color="C0")
+        for method, label, colour in [("tfidf_lr", "TF-IDF logistic regression", "C1"), ("majority", "majority", "C7")]:
+            ys = [peer_metric(peers, method, k, peer_key) for k in ks]
+            if any(y is not None for y in ys):
+                ax.plot([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], "s--", label=label, color=colour)
+        zero = engine[ks[0]]["zero-shot"][key]["acc1"] if ks else None
+        if zero is not None:
+            ax.axhline(zero, color="C2", linestyle=":", label="zero-shot (prompts only)")
+        ax.set_xticks(xs, ks)
+        ax.set_xlabel("labelled posts per city (K)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Learning curve on the shared benchmark (18,902 test posts, text only)")
+    fig.tight_layout()
+    out = os.path.join(args.curve, "curve.png")
+    fig.savefig(out, dpi=110)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
