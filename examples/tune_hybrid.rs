@@ -21,9 +21,16 @@ use contrastgeo::model::GeoModel;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    anyhow::ensure!(args.len() >= 4, "usage: tune_hybrid DATA_DIR K SEED CONFIG_JSON...");
+    anyhow::ensure!(
+        args.len() >= 4,
+        "usage: tune_hybrid DATA_DIR K SEED CONFIG_JSON..."
+    );
     let data = BenchmarkData::load(std::path::Path::new(&args[0]), 30.0)?;
-    let shots = if args[1] == "all" { ALL_SHOTS } else { args[1].parse()? };
+    let shots = if args[1] == "all" {
+        ALL_SHOTS
+    } else {
+        args[1].parse()?
+    };
     let seed: u64 = args[2].parse()?;
     let configs: Vec<EngineConfig> = args[3..]
         .iter()
@@ -43,17 +50,37 @@ fn main() -> anyhow::Result<()> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let started = std::time::Instant::now();
     let vectors = model.post_encoder().embed(&refs)?;
-    eprintln!("embedded {} test posts in {:.0}s", refs.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "embedded {} test posts in {:.0}s",
+        refs.len(),
+        started.elapsed().as_secs_f64()
+    );
     let support = sample_k_shot(&data.split, &data.posts, shots, seed);
     let started = std::time::Instant::now();
-    let store = EvalStore::build(Arc::clone(&model), &data.cities, &support, configs[0].clone())?;
-    eprintln!("built the store of {} support posts in {:.0}s", support.len(), started.elapsed().as_secs_f64());
+    let store = EvalStore::build(
+        Arc::clone(&model),
+        &data.cities,
+        &support,
+        configs[0].clone(),
+    )?;
+    eprintln!(
+        "built the store of {} support posts in {:.0}s",
+        support.len(),
+        started.elapsed().as_secs_f64()
+    );
     let posts: Vec<PostQuery> = refs.iter().map(|&t| PostQuery::text(t)).collect();
     let mut fitted = configs[0].head.clone();
     for (json, config) in args[3..].iter().zip(configs) {
         let started = std::time::Instant::now();
         let fit_settings = |h: &contrastgeo::engine::label_head::HeadConfig| {
-            (h.epochs, h.l2.to_bits(), h.learning_rate.to_bits(), h.embedding_scale.to_bits(), h.min_posts_per_term, h.char_ngrams)
+            (
+                h.epochs,
+                h.l2.to_bits(),
+                h.learning_rate.to_bits(),
+                h.embedding_scale.to_bits(),
+                h.min_posts_per_term,
+                h.char_ngrams,
+            )
         };
         if config.head.weight > 0.0 && fit_settings(&config.head) != fit_settings(&fitted) {
             store.engine().snapshot().refit_head_with(&config.head)?;

@@ -123,8 +123,7 @@ fn build_then_locate_names_the_city_with_a_shortlist_and_reopens_identically() {
         .cloned()
         .collect();
     build(&other, &model(), &fewer, &[]);
-    let old = reopened
-        .swap(Snapshot::open(&other, model(), &EngineConfig::default()).unwrap());
+    let old = reopened.swap(Snapshot::open(&other, model(), &EngineConfig::default()).unwrap());
     let swapped = reopened.locate(&QUERIES[..1]).unwrap();
     assert_ne!(swapped[0].name, "Denver");
     assert!(

@@ -91,7 +91,10 @@ fn a_city_added_from_five_posts_is_answered_at_once_and_survives_reopening() {
         assert_eq!(by_words[0].city, nashville().id, "{by_words:?}");
         // The label head learns the new city when it refits (in the background after an ingest; here
         // at once): one more city than the 19 it was fitted on.
-        let head = snapshot.refit_head().unwrap().expect("a store with labels has a head");
+        let head = snapshot
+            .refit_head()
+            .unwrap()
+            .expect("a store with labels has a head");
         assert_eq!((head.cities(), head.posts()), (20, 19 * 2 + 5));
         let after = store.engine().locate(&[query]).unwrap();
         assert_eq!(after[0].name, "Nashville", "{:?}", after[0].top_k);

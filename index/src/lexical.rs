@@ -121,8 +121,8 @@ impl LexicalIndex {
             source,
         })?;
         let (schema, fields) = schema();
-        let directory =
-            MmapDirectory::open(path).map_err(|e| lexical_error(path, "opening the directory", e))?;
+        let directory = MmapDirectory::open(path)
+            .map_err(|e| lexical_error(path, "opening the directory", e))?;
         let index = Index::open_or_create(directory, schema)
             .map_err(|e| lexical_error(path, "opening the index", e))?;
         let watermark = match index.load_metas() {
@@ -235,7 +235,10 @@ impl LexicalIndex {
         let mut terms: Vec<Term> = Vec::new();
         let mut stream = analyzer.token_stream(text);
         while stream.advance() && terms.len() < MAX_QUERY_TERMS {
-            terms.push(Term::from_field_text(self.fields.text, &stream.token().text));
+            terms.push(Term::from_field_text(
+                self.fields.text,
+                &stream.token().text,
+            ));
         }
         terms.sort();
         terms.dedup();
@@ -316,10 +319,17 @@ mod tests {
         let ids = store
             .add_support_posts(&[post(3, "Sixth Street crawl, then tacos")])
             .unwrap();
-        let added = lexical.add(&[(ids[0], 3, "Sixth Street crawl, then tacos")]).unwrap();
+        let added = lexical
+            .add(&[(ids[0], 3, "Sixth Street crawl, then tacos")])
+            .unwrap();
         assert_eq!(added, 1);
         assert_eq!(lexical.search("tacos", 3).unwrap()[0].city, 3);
-        assert_eq!(lexical.add(&[(ids[0], 3, "Sixth Street crawl, then tacos")]).unwrap(), 0);
+        assert_eq!(
+            lexical
+                .add(&[(ids[0], 3, "Sixth Street crawl, then tacos")])
+                .unwrap(),
+            0
+        );
         assert_eq!(lexical.watermark(), Some(ids[0]));
         drop(lexical);
 
@@ -332,10 +342,14 @@ mod tests {
     fn posts_sled_holds_but_the_index_missed_are_indexed_on_open_and_a_torn_index_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.add_support_posts(&[post(1, "Ferry to Fremantle")]).unwrap();
+        store
+            .add_support_posts(&[post(1, "Ferry to Fremantle")])
+            .unwrap();
         drop(LexicalIndex::open(dir.path(), &store).unwrap());
         // Written to sled while no lexical index was open (a crash between the two writes).
-        store.add_support_posts(&[post(2, "Cottesloe sunset swim")]).unwrap();
+        store
+            .add_support_posts(&[post(2, "Cottesloe sunset swim")])
+            .unwrap();
         let lexical = LexicalIndex::open(dir.path(), &store).unwrap();
         assert_eq!(lexical.search("cottesloe", 1).unwrap()[0].city, 2);
         drop(lexical);

@@ -52,8 +52,8 @@ pub use ann::{
 };
 pub use dump::{DumpFile, DumpManifest, DUMP_FORMAT_VERSION};
 pub use error::{Result, StoreError};
-pub use lexical::{LexicalHit, LexicalIndex, LEXICAL_DIR};
 pub use labels::{Appended, Label, LabelLog, LabelSeq, PostLabel};
+pub use lexical::{LexicalHit, LexicalIndex, LEXICAL_DIR};
 pub use records::{
     City, CityId, PostId, SupportPost, VectorId, VectorKind, VectorMeta, VectorRecord,
 };

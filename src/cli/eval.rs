@@ -131,7 +131,10 @@ fn export_sets(
     for &shots in &args.shots {
         for &seed in &args.seeds {
             write(
-                format!("k{}-seed{seed}.support.jsonl", benchmark::shots_label(shots)),
+                format!(
+                    "k{}-seed{seed}.support.jsonl",
+                    benchmark::shots_label(shots)
+                ),
                 &sample_k_shot(&data.split, &data.posts, shots, seed),
             )?;
         }

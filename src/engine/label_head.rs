@@ -252,7 +252,10 @@ impl LabelHead {
         let scale = self.config.embedding_scale;
         for (d, &x) in embedding.iter().enumerate().take(self.dimension) {
             let row = &self.weights[dense + d * classes..dense + (d + 1) * classes];
-            logits.iter_mut().zip(row).for_each(|(l, w)| *l += scale * x * w);
+            logits
+                .iter_mut()
+                .zip(row)
+                .for_each(|(l, w)| *l += scale * x * w);
         }
         logits
     }
@@ -288,7 +291,12 @@ impl LabelHead {
                     step(f as usize * classes, x, &mut self.weights, &mut squared);
                 }
                 for (d, &x) in example.embedding.iter().enumerate() {
-                    step(dense + d * classes, scale * x, &mut self.weights, &mut squared);
+                    step(
+                        dense + d * classes,
+                        scale * x,
+                        &mut self.weights,
+                        &mut squared,
+                    );
                 }
                 step(bias, 1.0, &mut self.weights, &mut squared);
             }
@@ -375,7 +383,10 @@ mod tests {
         assert_eq!(terms("Pike Place", false), ["pike place", "pike", "place"]);
         let grams = terms("Go #SoCo", true);
         assert!(grams.contains(&"|<so".to_string()) && grams.contains(&"|soco>".to_string()));
-        assert!(grams.contains(&"|<go>".to_string()), "a short word is one gram of its own");
+        assert!(
+            grams.contains(&"|<go>".to_string()),
+            "a short word is one gram of its own"
+        );
     }
 
     fn example<'a>(city: CityId, text: &'a str, embedding: &'a [f32]) -> LabelledExample<'a> {
@@ -425,7 +436,12 @@ mod tests {
         let north = [1.0f32, 0.0];
         let south = [0.0f32, 1.0];
         let examples: Vec<LabelledExample> = (0..20)
-            .flat_map(|_| [example(1, "nice day", &north), example(2, "nice day", &south)])
+            .flat_map(|_| {
+                [
+                    example(1, "nice day", &north),
+                    example(2, "nice day", &south),
+                ]
+            })
             .collect();
         let head = LabelHead::fit(&examples, &HeadConfig::default()).unwrap();
         let scores = head.log_probabilities("nice day", &[0.9, 0.1]);

@@ -527,8 +527,7 @@ impl LiveStore {
         progress(RetrainProgress::Gating);
         let gate = {
             let model = Arc::new(model);
-            let candidate =
-                Snapshot::open(&building.join(INDEX_DIR), model, self.engine.config())?;
+            let candidate = Snapshot::open(&building.join(INDEX_DIR), model, self.engine.config())?;
             let gate_config = EngineConfig {
                 prompt_weight: 1.0,
                 ..self.engine.config().clone()

@@ -500,11 +500,18 @@ impl Snapshot {
         }
         let snapshot = Arc::clone(self);
         std::thread::spawn(move || loop {
-            let asked = snapshot.refits.lock().unwrap_or_else(PoisonError::into_inner).0;
+            let asked = snapshot
+                .refits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
             if let Err(error) = snapshot.refit_head() {
                 tracing::warn!(%error, "refitting the label head failed; the previous head stays");
             }
-            let mut refits = snapshot.refits.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut refits = snapshot
+                .refits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             refits.1 = asked;
             if refits.0 == asked {
                 break;

@@ -444,8 +444,7 @@ pub fn run(
             } else {
                 None
             };
-            let store =
-                EvalStore::build(model, &data.cities, &support, spec.engine.clone())?;
+            let store = EvalStore::build(model, &data.cities, &support, spec.engine.clone())?;
             let engine: Vec<Vec<usize>> = store
                 .answers(&test_refs)?
                 .iter()
@@ -513,7 +512,10 @@ pub fn run(
                     );
                 }
             }
-            on_event(&format!("K={shots_text} seed={seed}: {}", one_line(&methods)));
+            on_event(&format!(
+                "K={shots_text} seed={seed}: {}",
+                one_line(&methods)
+            ));
             if let Some(a) = &authors {
                 on_event(&format!(
                     "K={shots_text} seed={seed}: authors with >= {MANY_POSTS} posts ({}): Acc@1 {:.3} Acc@161km {:.3} (their posts one by one: {:.3} / {:.3})",

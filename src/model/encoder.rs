@@ -275,7 +275,9 @@ impl TextEncoder {
         let Some(cache) = self.cache.get() else {
             return self.embed_uncached(texts);
         };
-        let known = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let missing: Vec<&str> = texts
             .iter()
             .copied()
@@ -283,7 +285,9 @@ impl TextEncoder {
             .collect();
         drop(known);
         let fresh = self.embed_uncached(&missing)?;
-        let mut known = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut known = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (text, vector) in missing.into_iter().zip(fresh) {
             known.insert(text.to_owned(), vector);
         }
