@@ -209,8 +209,14 @@ fn the_tlm_rerank_scores_every_shortlisted_city_and_batching_does_not_change_ans
     let config = EngineConfig {
         rerank_batch: 7, // several head passes and groups
         // Scores here are exactly the head's logit plus retrieval / tau: no bonus for the cities the
-        // queries name (tested apart, below).
+        // queries name (tested apart, below), nor votes or label head (tests/ingest.rs, label_head.rs).
         mention_weight: 0.0,
+        lexical_weight: 0.0,
+        vote_weight: 0.0,
+        head: contrastgeo::engine::label_head::HeadConfig {
+            weight: 0.0,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let engine = Engine::open(&store, Arc::clone(&reranking), config).unwrap();

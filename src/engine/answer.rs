@@ -59,8 +59,8 @@ pub struct Evidence {
     pub source: String,
     /// Cosine similarity to the query post.
     pub similarity: f32,
-    /// How it was found: among the post's nearest vectors (`vector`) or by the words it shares with the
-    /// post (`words`, BM25).
+    /// How it was found: among the post's nearest vectors (`vector`), by the words it shares with the
+    /// post (`words`, BM25), or both.
     #[serde(default)]
     pub matched_by: MatchedBy,
     /// Its BM25 score for the post's words, when it was found by them.
@@ -79,6 +79,8 @@ pub enum MatchedBy {
     Vector,
     /// One of the answered city's support posts sharing the post's words best (BM25).
     Words,
+    /// Among the nearest by vector, and sharing words with the post too.
+    Both,
 }
 
 /// Where a post was most likely written, with the shortlist and evidence behind the guess.

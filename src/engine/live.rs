@@ -528,8 +528,17 @@ impl LiveStore {
         let gate = {
             let model = Arc::new(model);
             let candidate = Snapshot::open(&building.join(INDEX_DIR), model, self.engine.config())?;
+            // The models are compared on their prompts alone: the held-out posts are support posts of
+            // the live store, so its vectors, words and label head would find them by themselves.
             let gate_config = EngineConfig {
                 prompt_weight: 1.0,
+                lexical_hits: 0,
+                lexical_weight: 0.0,
+                vote_weight: 0.0,
+                head: super::label_head::HeadConfig {
+                    weight: 0.0,
+                    ..self.engine.config().head.clone()
+                },
                 ..self.engine.config().clone()
             };
             let live_acc = accuracy(

@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use contrastgeo_index::{dot, IndexOptions, LexicalHit, SupportPost};
+use contrastgeo_index::{dot, IndexOptions, LexicalHit, PostId, SupportPost};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -314,7 +314,7 @@ impl Engine {
         }
         let snapshot = self.snapshot();
         Ok(self
-            .locate_in(&View::of(&snapshot), posts)?
+            .locate_in(&self.view(&snapshot), posts)?
             .into_iter()
             .map(|located| located.answer)
             .collect())
@@ -337,7 +337,7 @@ impl Engine {
         }
         check_texts(posts)?;
         let snapshot = self.snapshot();
-        let view = View::of(&snapshot);
+        let view = self.view(&snapshot);
         let signals = self.signals(&view, posts)?;
         let located = if snapshot.model().config().head_trained {
             self.locate_reranked(&view, posts, signals)?
@@ -382,6 +382,11 @@ impl Engine {
             return Ok(Vec::new());
         }
         Ok(lexical.search(text, self.config.lexical_hits)?)
+    }
+
+    /// What one call reads of `snapshot` (the label head only when it has a weight).
+    fn view<'a>(&self, snapshot: &'a Snapshot) -> View<'a> {
+        View::of(snapshot, self.config.head.weight > 0.0)
     }
 
     /// The stored cities the place names in `text` point at (see [`EngineConfig::mention_weight`]).
@@ -473,7 +478,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let snapshot = self.snapshot();
-        let view = View::of(&snapshot);
+        let view = self.view(&snapshot);
         let mut located = self.locate_in(&view, &posts)?.into_iter();
         let scoring = author::Scoring {
             cities: &view.cities,
@@ -647,33 +652,38 @@ impl Engine {
             .first()
             .and_then(|best| view.cities.get(best.city_id))
         {
-            let nearest = retrieve::best_supports(query, entry, self.config.evidence)
-                .into_iter()
-                .map(|(post, similarity)| (post, similarity, None));
+            let bm25_of = |post: PostId| {
+                lexical
+                    .iter()
+                    .find(|hit| hit.post == post && hit.city == entry.city.id)
+                    .map(|hit| hit.score)
+            };
+            let nearest: Vec<(PostId, f32)> =
+                retrieve::best_supports(query, entry, self.config.evidence);
             let by_words = lexical
                 .iter()
                 .filter(|hit| hit.city == entry.city.id)
+                .filter(|hit| !nearest.iter().any(|(post, _)| *post == hit.post))
                 .filter_map(|hit| {
                     let vector = entry.supports.iter().find(|s| s.post == hit.post)?;
-                    Some((hit.post, dot(query, &vector.vector), Some(hit.score)))
+                    Some((hit.post, dot(query, &vector.vector)))
                 })
                 .take(self.config.evidence);
-            let mut shown = std::collections::HashSet::new();
-            for (post_id, similarity, bm25) in nearest.chain(by_words) {
-                if !shown.insert(post_id) {
-                    continue;
-                }
+            for (post_id, similarity) in nearest.iter().copied().chain(by_words) {
+                let near = nearest.iter().any(|(post, _)| *post == post_id);
+                let bm25 = bm25_of(post_id);
+                let matched_by = match (near, bm25.is_some()) {
+                    (true, true) => MatchedBy::Both,
+                    (true, false) => MatchedBy::Vector,
+                    (false, _) => MatchedBy::Words,
+                };
                 if let Some(post) = view.snapshot.index().store().support_post(post_id)? {
                     evidence.push(Evidence {
                         post_id,
                         text: post.text,
                         source: post.source,
                         similarity,
-                        matched_by: if bm25.is_some() {
-                            MatchedBy::Words
-                        } else {
-                            MatchedBy::Vector
-                        },
+                        matched_by,
                         bm25,
                     });
                 }
@@ -791,11 +801,12 @@ struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    /// One view of `snapshot`'s city table and head for a whole call, even while cities are added live.
-    fn of(snapshot: &'a Snapshot) -> Self {
+    /// One view of `snapshot`'s city table and head (when `with_head`) for a whole call, even while cities
+    /// are added live.
+    fn of(snapshot: &'a Snapshot, with_head: bool) -> Self {
         Self {
             cities: snapshot.cities(),
-            head: snapshot.head(),
+            head: snapshot.head().filter(|_| with_head),
             snapshot,
         }
     }

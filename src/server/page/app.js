@@ -300,7 +300,8 @@ function showAnswer(answer, map) {
   }));
   $("evidence").replaceChildren(...(answer.evidence.length ? answer.evidence.map((e) =>
     element("li", {}, `“${e.text}” `, element("span", { className: "sim" },
-      e.matched_by === "words" ? `shares its words (BM25 ${e.bm25.toFixed(1)})` : `similarity ${e.similarity.toFixed(2)}`)))
+      [e.matched_by !== "words" ? `similarity ${e.similarity.toFixed(2)}` : "",
+       e.matched_by !== "vector" ? `shares its words (BM25 ${e.bm25.toFixed(1)})` : ""].filter(Boolean).join(" · "))))
     : [element("li", {}, "No support post of this city resembles the post: answered from the city's prompt.")]));
   map.show(answer.top_k, answer.city_id);
 }
