@@ -124,6 +124,14 @@ pub enum StoreError {
         /// What failed, with tantivy's message.
         reason: String,
     },
+    /// Another writer (a generation still open in this or another process) holds the lexical index.
+    #[error(
+        "the lexical index at {path} is held by another writer (is the store open in another process?)"
+    )]
+    LexicalBusy {
+        /// The lexical index directory.
+        path: PathBuf,
+    },
     /// A graph build was cancelled because the index is being closed.
     #[error("the graph build was cancelled because the index is closing")]
     Cancelled,

@@ -99,6 +99,8 @@ impl LexicalIndex {
         let path = dir.join(LEXICAL_DIR);
         let index = match Self::open_at(&path) {
             Ok(index) => index,
+            // Another writer holds it (a generation still open elsewhere): refuse, never rebuild under it.
+            Err(error @ StoreError::LexicalBusy { .. }) => return Err(error),
             Err(error) => {
                 tracing::warn!(%error, "lexical index unusable; rebuilding it from the record store");
                 std::fs::remove_dir_all(&path).map_err(|source| StoreError::Io {
@@ -132,7 +134,12 @@ impl LexicalIndex {
         };
         let writer = index
             .writer_with_num_threads(1, WRITER_MEMORY)
-            .map_err(|e| lexical_error(path, "opening the index writer", e))?;
+            .map_err(|e| match e {
+                tantivy::TantivyError::LockFailure(..) => StoreError::LexicalBusy {
+                    path: path.to_path_buf(),
+                },
+                other => lexical_error(path, "opening the index writer", other),
+            })?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -359,6 +366,26 @@ mod tests {
         let rebuilt = LexicalIndex::open(dir.path(), &store).unwrap();
         assert_eq!(rebuilt.len(), 2);
         assert_eq!(rebuilt.search("fremantle ferry", 2).unwrap()[0].post, 1);
+    }
+
+    #[test]
+    fn an_index_another_writer_holds_is_refused_not_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .add_support_posts(&[post(1, "Ferry to Fremantle")])
+            .unwrap();
+        let held = LexicalIndex::open(dir.path(), &store).unwrap();
+        let second = LexicalIndex::open(dir.path(), &store);
+        assert!(
+            matches!(second, Err(StoreError::LexicalBusy { .. })),
+            "{second:?}"
+        );
+        assert_eq!(
+            held.search("fremantle", 1).unwrap().len(),
+            1,
+            "left as it was"
+        );
     }
 
     #[test]
