@@ -527,9 +527,9 @@ impl LiveStore {
         progress(RetrainProgress::Gating);
         let gate = {
             let model = Arc::new(model);
-            let candidate = Snapshot::open(&building.join(INDEX_DIR), model, self.engine.config())?;
             // The models are compared on their prompts alone: the held-out posts are support posts of
-            // the live store, so its vectors, words and label head would find them by themselves.
+            // the live store, so its vectors, words and label head would find them by themselves. (The
+            // candidate is opened with these settings too, so no label head is fitted for the gate.)
             let gate_config = EngineConfig {
                 prompt_weight: 1.0,
                 lexical_hits: 0,
@@ -541,6 +541,7 @@ impl LiveStore {
                 },
                 ..self.engine.config().clone()
             };
+            let candidate = Snapshot::open(&building.join(INDEX_DIR), model, &gate_config)?;
             let live_acc = accuracy(
                 &Engine::with_shared(self.engine.snapshot(), gate_config.clone()),
                 &held_out,
@@ -601,10 +602,14 @@ impl LiveStore {
             self.generations.commit(&building, &manifest)?;
             let snapshot =
                 open_generation(&self.generations, id, &self.device, self.engine.config())?;
-            self.catch_up(&snapshot)?;
+            let applied = self.catch_up(&snapshot)?;
             self.generations.set_current(id)?;
             self.engine.swap(snapshot);
             *self.current.lock().unwrap_or_else(PoisonError::into_inner) = id;
+            if applied > 0 {
+                // Labels that arrived while it trained: the head learns them as after an ingest.
+                self.engine.snapshot().refit_head_in_background();
+            }
         }
         report.swapped = true;
         report.total_s = started.elapsed().as_secs_f64();
