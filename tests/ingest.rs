@@ -67,6 +67,7 @@ fn a_city_added_from_five_posts_is_answered_at_once_and_survives_reopening() {
     let dir = tmp.path().join("store");
     build_store(&dir);
     let query = "Hot chicken and honky tonks on Broadway tonight";
+    let fitted;
     {
         let store = LiveStore::open(&dir, &Device::Cpu, EngineConfig::default()).unwrap();
         let before = store.engine().locate(&[query]).unwrap();
@@ -96,6 +97,7 @@ fn a_city_added_from_five_posts_is_answered_at_once_and_survives_reopening() {
             .unwrap()
             .expect("a store with labels has a head");
         assert_eq!((head.cities(), head.posts()), (20, 19 * 2 + 5));
+        fitted = head;
         let after = store.engine().locate(&[query]).unwrap();
         assert_eq!(after[0].name, "Nashville", "{:?}", after[0].top_k);
         assert!(
@@ -119,6 +121,11 @@ fn a_city_added_from_five_posts_is_answered_at_once_and_survives_reopening() {
     }
     let reopened = LiveStore::open(&dir, &Device::Cpu, EngineConfig::default()).unwrap();
     assert_eq!(reopened.labels().post_count(), 19 * 2 + 5);
+    // The head saved with the generation is read back, not refitted: exactly the head fitted before the
+    // store closed (a refit from the reopened store's vectors, normalised again on their way through
+    // sled, differs in the last bits).
+    let saved = reopened.engine().snapshot().head().expect("a head");
+    assert_eq!(*saved, *fitted);
     assert_eq!(
         reopened.engine().locate(&[query]).unwrap()[0].name,
         "Nashville"

@@ -77,7 +77,7 @@ pub struct LabelledExample<'a> {
 }
 
 /// A fitted label head.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelHead {
     /// Term -> feature index.
     vocabulary: HashMap<String, u32>,

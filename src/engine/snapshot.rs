@@ -20,6 +20,7 @@ use super::EngineConfig;
 use crate::geo::mentions::PlaceNames;
 use crate::geo::{City, CityId};
 use crate::model::GeoModel;
+use serde::{Deserialize, Serialize};
 
 /// The sled database inside a store directory (see `contrastgeo_index::Store::open`).
 const RECORDS_DIR: &str = "records.sled";
@@ -338,6 +339,69 @@ fn is_parent(parent: &City, city: &City, radius_km: f64) -> bool {
         && crate::geo::haversine_km(parent.lat, parent.lon, city.lat, city.lon) <= radius_km
 }
 
+/// The file of the label head saved in an index directory.
+const HEAD_FILE: &str = "label_head.bin";
+
+/// A label head saved with what it was fitted on: the store's support posts (their number and highest id)
+/// and the fitting settings. A store opened with the same posts and settings reads it instead of fitting
+/// again (seconds at tens of thousands of labels); anything else, or a file that does not decode, refits.
+#[derive(Serialize, Deserialize)]
+struct SavedHead {
+    posts: usize,
+    last_post: Option<PostId>,
+    config: HeadConfig,
+    head: LabelHead,
+}
+
+/// Serialises the writes of the label head file within a process (an ingest's background refit and a
+/// direct one may finish together).
+static HEAD_FILE_WRITES: Mutex<()> = Mutex::new(());
+
+impl SavedHead {
+    /// The number and highest id of the support posts of `cities`.
+    fn key(cities: &CityCache) -> (usize, Option<PostId>) {
+        let posts = cities
+            .iter()
+            .flat_map(|e| e.supports.iter().map(|s| s.post));
+        posts.fold((0, None), |(n, last), id| (n + 1, last.max(Some(id))))
+    }
+
+    fn load(dir: &Path, config: &HeadConfig, cities: &CityCache) -> Option<LabelHead> {
+        if config.weight <= 0.0 {
+            return None;
+        }
+        let bytes = std::fs::read(dir.join(HEAD_FILE)).ok()?;
+        let (saved, _): (SavedHead, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).ok()?;
+        let fresh = (saved.posts, saved.last_post) == Self::key(cities) && saved.config == *config;
+        fresh.then_some(saved.head)
+    }
+
+    /// Writes the head (to a temporary name, then renamed); a failure only costs a refit at the next open.
+    fn save(dir: &Path, config: &HeadConfig, cities: &CityCache, head: &LabelHead) {
+        let (posts, last_post) = Self::key(cities);
+        let saved = SavedHead {
+            posts,
+            last_post,
+            config: config.clone(),
+            head: head.clone(),
+        };
+        let _one_writer = HEAD_FILE_WRITES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let written = bincode::serde::encode_to_vec(&saved, bincode::config::standard())
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|bytes| {
+                let tmp = dir.join(format!("{HEAD_FILE}.tmp"));
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, dir.join(HEAD_FILE))
+            });
+        if let Err(error) = written {
+            tracing::warn!(%error, "saving the label head failed; it is refitted at the next open");
+        }
+    }
+}
+
 /// The model, the index built with it (vectors and words), the city cache and the label head fitted on the
 /// store's labels: one immutable generation of the query path.
 pub struct Snapshot {
@@ -408,6 +472,7 @@ impl Snapshot {
             status = ?index.status(),
             "opened index"
         );
+        let saved = SavedHead::load(dir, &config.head, &cities);
         let snapshot = Self {
             dir: dir.to_path_buf(),
             model,
@@ -418,7 +483,17 @@ impl Snapshot {
             head_config: config.head.clone(),
             refits: Mutex::new((0, 0)),
         };
-        snapshot.refit_head()?;
+        match saved {
+            Some(head) => {
+                *snapshot
+                    .head
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(head));
+            }
+            None => {
+                snapshot.refit_head()?;
+            }
+        }
         Ok(snapshot)
     }
 
@@ -478,6 +553,9 @@ impl Snapshot {
                 seconds = started.elapsed().as_secs_f64(),
                 "label head fitted"
             );
+        }
+        if let (Some(head), true) = (&head, *config == self.head_config) {
+            SavedHead::save(&self.dir, config, &cities, head);
         }
         *self.head.write().unwrap_or_else(PoisonError::into_inner) = head.clone();
         Ok(head)
