@@ -87,7 +87,8 @@ impl std::fmt::Debug for LabelLog {
 
 impl LabelLog {
     /// Opens (creating if needed) the log in `dir/labels.sled`. sled takes an exclusive lock: a second
-    /// process opening the same store fails with [`StoreError::Open`].
+    /// process opening the same store fails with [`StoreError::Open`] (after waiting
+    /// [`crate::sled_open::LOCK_WAIT`] in case the holder is closing).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
@@ -95,7 +96,7 @@ impl LabelLog {
             source,
         })?;
         let path = dir.join("labels.sled");
-        let db = sled::open(&path).map_err(|source| StoreError::Open { path, source })?;
+        let db = crate::sled_open::open_sled(&path)?;
         Ok(Self {
             labels: db.open_tree(LABELS)?,
             cities: db.open_tree(CITIES)?,

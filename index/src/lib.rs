@@ -28,7 +28,7 @@
 //!   [`StoreError::ModelMismatch`], which tells the user to run `contrastgeo index build`.
 //!
 //! Modules: [`records`] (the record types), [`labels`] (the durable log of cities and labelled posts
-//! a store's generations are built from), [`store`] (sled), [`ann`] (the graph and exact
+//! a store's generations are built from), [`store`] (sled), [`sled_open`] (opening sled past a lock a dropped handle still holds), [`ann`] (the graph and exact
 //! search), [`lexical`] (the BM25 index of the support posts' words, tantivy), [`dump`] (dump files), [`vector_index`] (the two together), [`synthetic`] (clustered
 //! random embeddings for tests and benchmarks).
 
@@ -43,6 +43,7 @@ pub mod error;
 pub mod labels;
 pub mod lexical;
 pub mod records;
+pub mod sled_open;
 pub mod store;
 pub mod synthetic;
 pub mod vector_index;

@@ -81,7 +81,7 @@ impl Store {
             source,
         })?;
         let path = dir.join("records.sled");
-        let db = sled::open(&path).map_err(|source| StoreError::Open { path, source })?;
+        let db = crate::sled_open::open_sled(&path)?;
         Ok(Store {
             cities: db.open_tree(CITIES)?,
             support_posts: db.open_tree(SUPPORT_POSTS)?,
