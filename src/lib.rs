@@ -12,5 +12,6 @@ pub mod geo;
 pub mod home;
 pub mod lines;
 pub mod model;
+pub mod replication;
 pub mod server;
 pub mod train;

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::call;
 use contrastgeo::server::{self, RunningServer, ServerConfig, Signals, StoreSource};
 use serde_json::{json, Value};
 
@@ -47,32 +48,6 @@ fn start() -> Server {
         std::thread::sleep(Duration::from_millis(20));
     }
     server
-}
-
-/// One HTTP call: (status, JSON body).
-fn call(method: &str, url: &str, body: Option<&Value>, key: Option<&str>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into();
-    let response = match method {
-        "GET" => agent.get(url).call(),
-        _ => {
-            let mut request = agent.post(url).header("content-type", "application/json");
-            if let Some(key) = key {
-                request = request.header("authorization", format!("Bearer {key}"));
-            }
-            request.send(body.map(Value::to_string).unwrap_or_default().as_bytes())
-        }
-    };
-    let mut response = response.expect("an HTTP answer");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 fn nashville() -> Value {

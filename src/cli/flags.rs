@@ -50,6 +50,11 @@ pub fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A number of seconds (or other u64 count) of at least one.
+pub fn at_least_one_u64(text: &str) -> Result<u64, String> {
+    at_least_one(text).map(|v| v as u64)
+}
+
 fn finite_f64(text: &str) -> Result<f64, String> {
     let value: f64 = text
         .trim()

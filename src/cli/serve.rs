@@ -26,6 +26,18 @@ pub struct ServeArgs {
     /// Serve a private copy of the store without write routes, so several replicas can serve one store.
     #[arg(long)]
     pub read_only: bool,
+    /// Publish the store to this object-store URL (`file:///dir`, or `s3://bucket/prefix` in a build with
+    /// the `s3` feature; credentials and `AWS_ENDPOINT_URL` from the environment): every generation, and
+    /// every ingest batch before it is acknowledged, for `serve --follow` replicas.
+    #[arg(long, env = "CONTRASTGEO_PUBLISH_URL", conflicts_with_all = ["read_only", "follow"])]
+    pub publish: Option<String>,
+    /// Serve a read-only replica of the store a writer publishes at this URL, kept up to date by polling;
+    /// `--store` is then the local cache of downloaded generations [default: a temporary directory].
+    #[arg(long, env = "CONTRASTGEO_FOLLOW_URL", conflicts_with = "read_only")]
+    pub follow: Option<String>,
+    /// How often a follower polls the URL for new labels and generations, seconds.
+    #[arg(long, value_parser = flags::at_least_one_u64, default_value_t = ServerConfig::default().poll_s)]
+    pub poll_s: u64,
     /// File holding the API key that write routes require (first non-empty line).
     #[arg(long, env = "CONTRASTGEO_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
@@ -102,12 +114,17 @@ impl ServeArgs {
             retrain_threads: self.retrain_threads,
             retrain_after_labels: self.retrain_after_labels,
             retrain_quiet_s: self.retrain_quiet_s,
+            publish: self.publish.clone(),
+            poll_s: self.poll_s,
         }
     }
 }
 
 /// Runs the service until SIGTERM or ctrl-c; returns 0 (no input lines to reject).
 pub fn run(args: &ServeArgs) -> anyhow::Result<usize> {
+    if let Some(url) = &args.follow {
+        return follow(args, url);
+    }
     let model_args = args.model.clone();
     let store = args.store.clone();
     let loader: server::Loader = Box::new(move || {
@@ -116,6 +133,30 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<usize> {
         Ok(StoreSource { model, store })
     });
     match server::run(args.config(), loader) {
+        Err(ServeError::InvalidConfig(why)) => Err(UsageError(why).into()),
+        other => Ok(other.map(|()| 0)?),
+    }
+}
+
+/// `serve --follow URL`: a read-only replica of a published store.
+fn follow(args: &ServeArgs, url: &str) -> anyhow::Result<usize> {
+    // The cache outlives the process when named (a restart reuses what it downloaded), else it is a
+    // temporary directory removed at exit.
+    let (cache, _temporary) = match &args.store {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("contrastgeo-follow-")
+                .tempdir()?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let source = server::FollowSource {
+        url: url.to_string(),
+        cache,
+        device: args.model.model.device.open()?,
+    };
+    match server::run_follower(args.config(), source) {
         Err(ServeError::InvalidConfig(why)) => Err(UsageError(why).into()),
         other => Ok(other.map(|()| 0)?),
     }

@@ -101,6 +101,10 @@ pub enum EngineError {
     /// The operation cannot run now (e.g. a retrain while another runs).
     #[error("{0}")]
     Busy(String),
+    /// The store's labels or generation are durable here but could not be published for replicas elsewhere
+    /// (the publisher retries them with the next write).
+    #[error("published nowhere yet: {0}")]
+    Publish(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A configuration value is out of range.
     #[error("invalid engine setting: {0}")]
     InvalidConfig(String),

@@ -16,6 +16,11 @@
 //! - **Versions**: generations are kept; [`LiveStore::rollback`] makes an older one live again (and catches
 //!   it up with the labels it lacks).
 //!
+//! - **Publishing** ([`StorePublisher`]): a store opened with a publisher hands it every complete generation
+//!   before it goes live (nothing holds its files open then), every batch of labels before the batch is
+//!   acknowledged, and the live generation's number after each swap, so replicas on other machines can
+//!   follow (`crate::replication`). The engine knows nothing of where they go.
+//!
 //! One process owns a store: the label log's sled lock says so, and a second opener gets
 //! [`EngineError::StoreBusy`].
 
@@ -163,6 +168,26 @@ pub struct GenerationInfo {
     pub current: bool,
 }
 
+/// Where a store's durable changes are announced, for replicas elsewhere. Errors are boxed: the engine
+/// reports them ([`EngineError::Publish`]) without knowing the transport.
+pub trait StorePublisher: Send + Sync {
+    /// `dir` holds the complete generation `manifest` describes, with no handle open on its files; called
+    /// before it goes live. A generation already published is skipped.
+    fn publish_generation(
+        &self,
+        dir: &Path,
+        manifest: &GenerationManifest,
+    ) -> std::result::Result<(), BoxedError>;
+    /// Labels were appended to `labels`; publish every one not yet published. Called before an ingest is
+    /// acknowledged, and once at open (labels of an earlier run that never reached the remote).
+    fn publish_labels(&self, labels: &LabelLog) -> std::result::Result<(), BoxedError>;
+    /// Generation `id` is live now.
+    fn publish_live(&self, id: GenerationId) -> std::result::Result<(), BoxedError>;
+}
+
+/// A publisher's error.
+pub type BoxedError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The label log, the generations, and the engine over the live one.
 pub struct LiveStore {
     dir: PathBuf,
@@ -176,6 +201,8 @@ pub struct LiveStore {
     writer: Mutex<()>,
     /// Held while a retrain runs: one at a time.
     retraining: Mutex<()>,
+    /// Where generations and labels are published, if anywhere.
+    publisher: Option<Arc<dyn StorePublisher>>,
 }
 
 impl std::fmt::Debug for LiveStore {
@@ -254,6 +281,17 @@ impl LiveStore {
     /// Opens the store in `dir`: the label log (refused with [`EngineError::StoreBusy`] while another
     /// process holds it), the live generation's model and index, and catches the index up with the log.
     pub fn open(dir: &Path, device: &Device, config: EngineConfig) -> Result<Self> {
+        Self::open_publishing(dir, device, config, None)
+    }
+
+    /// [`LiveStore::open`], publishing to `publisher`: the live generation first (before anything opens
+    /// its files), then the labels it has not published yet, then the live generation's number.
+    pub fn open_publishing(
+        dir: &Path,
+        device: &Device,
+        config: EngineConfig,
+        publisher: Option<Arc<dyn StorePublisher>>,
+    ) -> Result<Self> {
         config.validate()?;
         if !Self::exists(dir) {
             return Err(EngineError::NoStore {
@@ -265,6 +303,11 @@ impl LiveStore {
         let current = generations.current()?.ok_or_else(|| EngineError::NoStore {
             dir: dir.to_path_buf(),
         })?;
+        if let Some(publisher) = &publisher {
+            publisher
+                .publish_generation(&generations.dir(current), &generations.manifest(current)?)
+                .map_err(EngineError::Publish)?;
+        }
         let snapshot = open_generation(&generations, current, device, &config)?;
         let store = Self {
             dir: dir.to_path_buf(),
@@ -275,6 +318,7 @@ impl LiveStore {
             current: Mutex::new(current),
             writer: Mutex::new(()),
             retraining: Mutex::new(()),
+            publisher,
         };
         {
             let _writer = store.writer.lock().unwrap_or_else(PoisonError::into_inner);
@@ -283,6 +327,14 @@ impl LiveStore {
                 tracing::info!(applied, "applied labels acknowledged after the last build");
                 store.engine.snapshot().refit_head()?;
             }
+        }
+        if let Some(publisher) = &store.publisher {
+            publisher
+                .publish_labels(&store.labels)
+                .map_err(EngineError::Publish)?;
+            publisher
+                .publish_live(current)
+                .map_err(EngineError::Publish)?;
         }
         Ok(store)
     }
@@ -328,7 +380,18 @@ impl LiveStore {
     ) -> Result<IngestReport> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let appended = self.labels.append(cities, posts)?;
-        acknowledged(&appended);
+        // Published before the acknowledgement, so a replica can always catch up with what a client was
+        // told is stored. If publishing fails the labels are still applied here (they are durable in the
+        // log) and the caller gets the error: a client retry stores nothing twice and publishes the rest.
+        let published = match &self.publisher {
+            Some(publisher) => publisher
+                .publish_labels(&self.labels)
+                .map_err(EngineError::Publish),
+            None => Ok(()),
+        };
+        if published.is_ok() {
+            acknowledged(&appended);
+        }
         let acknowledged = Instant::now();
         let mut labels: Vec<(LabelSeq, Label)> = appended
             .cities
@@ -349,6 +412,7 @@ impl LiveStore {
         if !appended.posts.is_empty() {
             snapshot.refit_head_in_background();
         }
+        published?;
         Ok(IngestReport {
             cities_added: appended.cities.iter().map(|(_, c)| c.clone()).collect(),
             posts_added: appended.posts.len(),
@@ -402,13 +466,34 @@ impl LiveStore {
             ))
         })?;
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(publisher) = &self.publisher {
+            if to != self.current_generation() {
+                publisher
+                    .publish_generation(&self.generations.dir(to), &manifest)
+                    .map_err(EngineError::Publish)?;
+            }
+        }
         let snapshot = open_generation(&self.generations, to, &self.device, self.engine.config())?;
         self.catch_up(&snapshot)?;
         self.generations.set_current(to)?;
         self.engine.swap(snapshot);
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = to;
+        self.announce_live(to);
         tracing::info!(generation = to, model = %manifest.model_id, "rolled back");
         Ok(manifest)
+    }
+
+    /// Tells the publisher that `id` is live. The swap has happened here already, so a failure is logged,
+    /// not returned: followers keep the previous generation until the next swap or restart announces it.
+    fn announce_live(&self, id: GenerationId) {
+        if let Some(publisher) = &self.publisher {
+            if let Err(error) = publisher.publish_live(id) {
+                tracing::error!(
+                    generation = id,
+                    "could not publish the live generation: {error}"
+                );
+            }
+        }
     }
 
     /// Whether a retrain is running now.
@@ -597,6 +682,14 @@ impl LiveStore {
                 "trained_on": city_posts.len(),
             }),
         };
+        if let Some(publisher) = &self.publisher {
+            // Uploaded from its building directory (closed since the gate) before it can go live; the
+            // upload may take a while, so ingest is not held up for it.
+            if let Err(error) = publisher.publish_generation(&building, &manifest) {
+                self.generations.abandon(&building);
+                return Err(EngineError::Publish(error));
+            }
+        }
         {
             let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
             self.generations.commit(&building, &manifest)?;
@@ -606,6 +699,7 @@ impl LiveStore {
             self.generations.set_current(id)?;
             self.engine.swap(snapshot);
             *self.current.lock().unwrap_or_else(PoisonError::into_inner) = id;
+            self.announce_live(id);
             if applied > 0 {
                 // Labels that arrived while it trained: the head learns them as after an ingest.
                 self.engine.snapshot().refit_head_in_background();
@@ -635,9 +729,30 @@ fn open_generation(
     device: &Device,
     config: &EngineConfig,
 ) -> Result<Snapshot> {
-    let dir = generations.dir(id);
+    open_generation_dir(&generations.dir(id), device, config)
+}
+
+/// The snapshot of the complete generation in `dir` (its `model/` and `index/`): also how a replica opens
+/// a generation it downloaded.
+pub fn open_generation_dir(dir: &Path, device: &Device, config: &EngineConfig) -> Result<Snapshot> {
     let model = GeoModel::load(&dir.join(MODEL_DIR), device)?;
     Snapshot::open(&dir.join(INDEX_DIR), Arc::new(model), config)
+}
+
+/// Applies labels the snapshot's index lacks, in sequence order, skipping those at or below its label
+/// watermark; returns how many were applied. Catch-up after a crash does this with the local log, a
+/// replica with the labels it downloaded.
+pub fn apply_labels(snapshot: &Snapshot, labels: &[(LabelSeq, Label)]) -> Result<usize> {
+    let watermark = snapshot.index().store().label_watermark()?;
+    let fresh: Vec<(LabelSeq, Label)> = labels
+        .iter()
+        .filter(|(seq, _)| *seq > watermark)
+        .cloned()
+        .collect();
+    for chunk in fresh.chunks(APPLY_CHUNK) {
+        apply(snapshot, chunk)?;
+    }
+    Ok(fresh.len())
 }
 
 /// Applies labels to a snapshot's index (cities' prompts, posts as support vectors), records the last

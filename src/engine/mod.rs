@@ -47,8 +47,8 @@ pub use build::{build_index, BuildProgress, BuildReport, BuildStage};
 pub use error::{EngineError, Result};
 pub use generations::{GenerationId, GenerationManifest, Generations};
 pub use live::{
-    GateReport, GenerationInfo, IngestReport, LiveStore, RetrainOptions, RetrainProgress,
-    RetrainReport,
+    apply_labels, open_generation_dir, BoxedError, GateReport, GenerationInfo, IngestReport,
+    LiveStore, RetrainOptions, RetrainProgress, RetrainReport, StorePublisher,
 };
 pub use snapshot::{CityCache, CityEntry, Snapshot};
 

@@ -256,6 +256,9 @@ pub struct Readiness {
     pub cities: usize,
     /// Whether the server serves a read-only copy.
     pub read_only: bool,
+    /// A follower's distance from its writer (`contrastgeo serve --follow`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<crate::replication::FollowStatus>,
 }
 
 /// Whether the request declares a JSON body (`application/json` or `application/<x>+json`).

@@ -31,6 +31,14 @@ pub struct Metrics {
     batch_posts: Histogram,
     batch_seconds: Histogram,
     queue_depth: IntGauge,
+    /// A follower's lag, registered on its first scrape (a writer exports none).
+    follow: std::sync::OnceLock<Result<FollowGauges, String>>,
+}
+
+struct FollowGauges {
+    lag_labels: IntGauge,
+    lag_seconds: prometheus::Gauge,
+    generation: IntGauge,
 }
 
 impl Metrics {
@@ -97,7 +105,43 @@ impl Metrics {
             batch_posts,
             batch_seconds,
             queue_depth,
+            follow: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets a follower's lag gauges (`contrastgeo_follow_lag_labels`, `_lag_seconds`, `_generation`).
+    pub fn observe_follow(&self, status: &crate::replication::FollowStatus) {
+        let gauges = self.follow.get_or_init(|| {
+            let register = || -> Result<FollowGauges, prometheus::Error> {
+                let gauges = FollowGauges {
+                    lag_labels: IntGauge::new(
+                        "follow_lag_labels",
+                        "Labels the writer published that this follower has not applied",
+                    )?,
+                    lag_seconds: prometheus::Gauge::new(
+                        "follow_lag_seconds",
+                        "Seconds since this follower was last caught up with its writer",
+                    )?,
+                    generation: IntGauge::new("follow_generation", "The generation served")?,
+                };
+                self.registry
+                    .register(Box::new(gauges.lag_labels.clone()))?;
+                self.registry
+                    .register(Box::new(gauges.lag_seconds.clone()))?;
+                self.registry
+                    .register(Box::new(gauges.generation.clone()))?;
+                Ok(gauges)
+            };
+            register().map_err(|e| e.to_string())
+        });
+        match gauges {
+            Ok(gauges) => {
+                gauges.lag_labels.set(status.lag_labels as i64);
+                gauges.lag_seconds.set(status.lag_s);
+                gauges.generation.set(status.generation as i64);
+            }
+            Err(error) => tracing::warn!("follower metrics unavailable: {error}"),
+        }
     }
 
     /// Records one answered request.

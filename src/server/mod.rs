@@ -98,6 +98,10 @@ pub struct ServerConfig {
     pub retrain_after_labels: u64,
     /// ... and no label arrived for this many seconds.
     pub retrain_quiet_s: u64,
+    /// Publish the store here (an object-store URL: `file:///dir`, `s3://bucket/prefix`) for followers.
+    pub publish: Option<String>,
+    /// How often a follower (`contrastgeo serve --follow URL`) polls its writer's URL, seconds.
+    pub poll_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +125,8 @@ impl Default for ServerConfig {
             retrain_threads: 0,
             retrain_after_labels: 0,
             retrain_quiet_s: 60,
+            publish: None,
+            poll_s: 5,
         }
     }
 }
@@ -170,6 +176,17 @@ impl ServerConfig {
                 "{name} must be at least 1"
             )));
         }
+        if self.poll_s == 0 {
+            return Err(ServeError::InvalidConfig(
+                "poll_s must be at least 1".into(),
+            ));
+        }
+        if self.publish.is_some() && self.read_only {
+            return Err(ServeError::InvalidConfig(
+                "a read-only replica publishes nothing: publish from the server that owns the store"
+                    .into(),
+            ));
+        }
         if self.batch_limit > self.queue_capacity {
             return Err(ServeError::InvalidConfig(format!(
                 "batch_limit ({}) must not exceed queue_capacity ({}): a full batch must fit the queue",
@@ -212,6 +229,23 @@ pub struct StoreSource {
 /// Loads the model and finds (or builds) the store; runs on a background thread after the socket is bound.
 pub type Loader = Box<dyn FnOnce() -> anyhow::Result<StoreSource> + Send>;
 
+/// A store published elsewhere, followed read-only ([`crate::replication::Follower`]).
+#[derive(Debug, Clone)]
+pub struct FollowSource {
+    /// The URL the writer publishes to.
+    pub url: String,
+    /// The local directory downloaded generations are kept in.
+    pub cache: PathBuf,
+    /// Where the downloaded model runs.
+    pub device: candle_core::Device,
+}
+
+/// What the loader thread opens.
+enum Source {
+    Load(Loader),
+    Follow(FollowSource),
+}
+
 /// Whether the server installs SIGTERM / ctrl-c handlers (a binary does; a server inside tests does not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signals {
@@ -253,10 +287,37 @@ pub fn run(config: ServerConfig, loader: Loader) -> Result<(), ServeError> {
     start(config, loader, Signals::Handle)?.wait()
 }
 
+/// Serves a follower of `follow` (read-only, whatever `config.read_only` says) until SIGTERM or ctrl-c.
+pub fn run_follower(config: ServerConfig, follow: FollowSource) -> Result<(), ServeError> {
+    start_follower(config, follow, Signals::Handle)?.wait()
+}
+
+/// Binds the socket and follows `follow` in the background (readiness 503 until the first copy is
+/// downloaded and caught up).
+pub fn start_follower(
+    config: ServerConfig,
+    follow: FollowSource,
+    signals: Signals,
+) -> Result<RunningServer, ServeError> {
+    let config = ServerConfig {
+        read_only: true,
+        ..config
+    };
+    start_source(config, Source::Follow(follow), signals)
+}
+
 /// Binds the socket, starts serving (readiness 503), and loads the model and store in the background.
 pub fn start(
     config: ServerConfig,
     loader: Loader,
+    signals: Signals,
+) -> Result<RunningServer, ServeError> {
+    start_source(config, Source::Load(loader), signals)
+}
+
+fn start_source(
+    config: ServerConfig,
+    source: Source,
     signals: Signals,
 ) -> Result<RunningServer, ServeError> {
     config.validate()?;
@@ -297,7 +358,10 @@ pub fn start(
     let loader_handle = handle.clone();
     std::thread::Builder::new()
         .name("contrastgeo-load".into())
-        .spawn(move || load(&state, loader, &loader_handle))
+        .spawn(move || match source {
+            Source::Load(loader) => load(&state, loader, &loader_handle),
+            Source::Follow(follow) => load_follower(&state, follow, &loader_handle),
+        })
         .map_err(start_error)?;
     Ok(RunningServer {
         addr,
@@ -422,10 +486,16 @@ fn load(state: &AppState, loader: Loader, handle: &ServerHandle) {
         let dir = replica.as_ref().map_or(source.store.as_path(), |r| r.dir());
         // A store with generations answers with its own model and takes writes (unless read-only).
         let (engine, writer) = if LiveStore::exists(dir) {
-            let live = Arc::new(LiveStore::open(
+            let publisher = match &config.publish {
+                Some(url) => Some(Arc::new(crate::replication::Publisher::open(url)?)
+                    as Arc<dyn crate::engine::StorePublisher>),
+                None => None,
+            };
+            let live = Arc::new(LiveStore::open_publishing(
                 dir,
                 source.model.device(),
                 config.engine.clone(),
+                publisher,
             )?);
             let engine = live.shared_engine();
             let writer = (!config.read_only).then(|| {
@@ -441,6 +511,13 @@ fn load(state: &AppState, loader: Loader, handle: &ServerHandle) {
             });
             (engine, writer)
         } else {
+            if config.publish.is_some() {
+                anyhow::bail!(
+                    "{} is a plain index without a label log or generations: only a store built with \
+                     `contrastgeo index build` can be published",
+                    dir.display()
+                );
+            }
             let engine = Engine::open(dir, source.model, config.engine.clone())?;
             (Arc::new(engine), None)
         };
@@ -449,6 +526,11 @@ fn load(state: &AppState, loader: Loader, handle: &ServerHandle) {
             engine, writer, replica, config, metrics,
         )?)
     })();
+    settle(state, outcome, handle);
+}
+
+/// Makes the service ready, or stops the server with the load error.
+fn settle(state: &AppState, outcome: anyhow::Result<LocateService>, handle: &ServerHandle) {
     match outcome {
         Ok(service) => {
             state.set_ready(service);
@@ -460,4 +542,22 @@ fn load(state: &AppState, loader: Loader, handle: &ServerHandle) {
             drop(handle.stop(false));
         }
     }
+}
+
+/// The loader thread of a follower: download and catch up the published store, then serve it.
+fn load_follower(state: &AppState, follow: FollowSource, handle: &ServerHandle) {
+    let config = state.config();
+    let outcome = (|| -> anyhow::Result<LocateService> {
+        let follower = crate::replication::Follower::start(
+            &follow.url,
+            &follow.cache,
+            &follow.device,
+            config.engine.clone(),
+            Duration::from_secs(config.poll_s),
+        )?;
+        let metrics = state.metrics_arc();
+        let service = LocateService::start(follower.engine(), None, None, config, metrics)?;
+        Ok(service.following(follower))
+    })();
+    settle(state, outcome, handle);
 }

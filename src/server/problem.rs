@@ -388,6 +388,9 @@ impl From<EngineError> for ApiError {
             | EngineError::VectorCount { .. }
             | EngineError::NoCandidates { .. }
             | EngineError::InvalidConfig(_)
+            // Stored on this server but not yet published to its replicas: a retry stores nothing
+            // twice and publishes what is missing.
+            | EngineError::Publish(_)
             | EngineError::Io { .. }) => Self::Internal {
                 detail: error.to_string(),
             },

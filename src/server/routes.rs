@@ -276,11 +276,15 @@ async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         model: snapshot.model().config().model_id.clone(),
         cities: snapshot.cities().len(),
         read_only: service.read_only(),
+        follow: service.follower().map(|f| f.status()),
     }))
 }
 
 /// `GET /metrics`.
 async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if let Some(follower) = state.ready().ok().and_then(|s| s.follower()) {
+        state.metrics().observe_follow(&follower.status());
+    }
     let text = state.metrics().render().map_err(|e| ApiError::Internal {
         detail: e.to_string(),
     })?;

@@ -57,6 +57,7 @@ pub struct LocateService {
     retry_after_s: u64,
     timeout: Duration,
     replica: Mutex<Option<StoreReplica>>,
+    follower: Option<Arc<crate::replication::Follower>>,
 }
 
 impl LocateService {
@@ -81,7 +82,19 @@ impl LocateService {
             retry_after_s: config.retry_after_s,
             timeout: Duration::from_millis(config.request_timeout_ms),
             replica: Mutex::new(replica),
+            follower: None,
         })
+    }
+
+    /// This service follows a published store through `follower` (kept alive and reported here).
+    pub fn following(mut self, follower: Arc<crate::replication::Follower>) -> Self {
+        self.follower = Some(follower);
+        self
+    }
+
+    /// The follower, when this server follows a published store.
+    pub fn follower(&self) -> Option<&crate::replication::Follower> {
+        self.follower.as_deref()
     }
 
     /// The engine (for the city routes and readiness).
@@ -236,6 +249,9 @@ impl LocateService {
     /// Refuses new work, finishes the queued work, stops the batcher thread, and removes a read-only
     /// replica's store copy (open files stay readable until the process exits).
     pub fn shutdown(&self) {
+        if let Some(follower) = &self.follower {
+            follower.stop();
+        }
         self.batcher.shutdown();
         let replica = self
             .replica

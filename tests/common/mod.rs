@@ -190,3 +190,38 @@ pub fn jsonl_records(stdout: &str) -> (Vec<serde_json::Value>, Vec<u64>) {
         .collect();
     (records, lines)
 }
+
+/// One HTTP call: (status, JSON body).
+pub fn call(
+    method: &str,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    key: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(120)))
+        .build()
+        .into();
+    let response = match method {
+        "GET" => agent.get(url).call(),
+        _ => {
+            let mut request = agent.post(url).header("content-type", "application/json");
+            if let Some(key) = key {
+                request = request.header("authorization", format!("Bearer {key}"));
+            }
+            request.send(
+                body.map(serde_json::Value::to_string)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )
+        }
+    };
+    let mut response = response.expect("an HTTP answer");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
