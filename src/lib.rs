@@ -10,6 +10,7 @@ pub mod engine;
 pub mod eval;
 pub mod geo;
 pub mod home;
+pub mod input;
 pub mod lines;
 pub mod model;
 pub mod replication;

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use contrastgeo::cli::input::{read_all, InputFormat, InputLine};
 use contrastgeo::data::parse_labelled_posts;
 use contrastgeo::geo::{CityTable, GeoError};
+use contrastgeo::input::{read_all, InputFormat, InputLine};
 use proptest::prelude::*;
 
 /// Post texts with what breaks naive parsers: quotes, commas, tabs, CR/LF, braces, non-ASCII, a BOM.

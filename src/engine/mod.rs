@@ -29,6 +29,7 @@ pub mod error;
 pub mod generations;
 pub mod label_head;
 pub mod live;
+pub mod open;
 pub mod rerank;
 pub mod retrieve;
 pub mod snapshot;
@@ -50,6 +51,7 @@ pub use live::{
     apply_labels, open_generation_dir, BoxedError, GateReport, GenerationInfo, IngestReport,
     LiveStore, RetrainOptions, RetrainProgress, RetrainReport, StorePublisher,
 };
+pub use open::{open_store, store_or_default, OpenError, OpenOptions, OpenedStore};
 pub use snapshot::{CityCache, CityEntry, Snapshot};
 
 use crate::geo::mentions::PlaceNames;

@@ -49,7 +49,7 @@ use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineConfig, LiveStore};
+use crate::engine::{EngineConfig, OpenedStore};
 use crate::model::GeoModel;
 use api::RequestLimits;
 use auth::WriteAccess;
@@ -485,20 +485,23 @@ fn load(state: &AppState, loader: Loader, handle: &ServerHandle) {
         };
         let dir = replica.as_ref().map_or(source.store.as_path(), |r| r.dir());
         // A store with generations answers with its own model and takes writes (unless read-only).
-        let (engine, writer) = if LiveStore::exists(dir) {
-            let publisher = match &config.publish {
-                Some(url) => Some(Arc::new(crate::replication::Publisher::open(url)?)
-                    as Arc<dyn crate::engine::StorePublisher>),
-                None => None,
-            };
-            let live = Arc::new(LiveStore::open_publishing(
-                dir,
-                source.model.device(),
-                config.engine.clone(),
-                publisher,
-            )?);
-            let engine = live.shared_engine();
-            let writer = (!config.read_only).then(|| {
+        let publisher = match &config.publish {
+            Some(url) => Some(Arc::new(crate::replication::Publisher::open(url)?)
+                as Arc<dyn crate::engine::StorePublisher>),
+            None => None,
+        };
+        let options = crate::engine::OpenOptions {
+            config: config.engine.clone(),
+            device: source.model.device().clone(),
+            checkpoint: None,
+            publisher,
+        };
+        let model = &source.model;
+        let opened =
+            crate::engine::open_store(Some(dir), || Ok(Arc::clone(model)), options, &|_| {})?;
+        let engine = opened.engine();
+        let writer = match opened {
+            OpenedStore::Live(live) if !config.read_only => {
                 let threads = match config.retrain_threads {
                     0 => (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1),
                     n => n,
@@ -507,19 +510,9 @@ fn load(state: &AppState, loader: Loader, handle: &ServerHandle) {
                     min_new_labels: config.retrain_after_labels,
                     quiet: Duration::from_secs(config.retrain_quiet_s),
                 });
-                writes::Writer::new(live, threads, policy)
-            });
-            (engine, writer)
-        } else {
-            if config.publish.is_some() {
-                anyhow::bail!(
-                    "{} is a plain index without a label log or generations: only a store built with \
-                     `contrastgeo index build` can be published",
-                    dir.display()
-                );
+                Some(writes::Writer::new(live, threads, policy))
             }
-            let engine = Engine::open(dir, source.model, config.engine.clone())?;
-            (Arc::new(engine), None)
+            _ => None,
         };
         let metrics = state.metrics_arc();
         Ok(LocateService::start(
