@@ -12,10 +12,14 @@
 //! - `CONTRASTGEO_BENCH_SECONDS`: duration of each concurrency level (default 10);
 //! - `CONTRASTGEO_BENCH_CONCURRENCY`: the levels (default `1,8,32`);
 //! - `CONTRASTGEO_BENCH_MAX_WAIT_MS`: the server's `max_batch_wait_ms` (default: the server's default);
-//! - `CONTRASTGEO_BENCH_BULK_CHUNK`: posts per bulk `Engine::locate` call (default 256, as `locate`).
+//! - `CONTRASTGEO_BENCH_BULK_CHUNK`: posts per bulk `Engine::locate` call (default 256, as `locate`);
+//! - `CONTRASTGEO_BENCH_FOLLOWERS`: after the single server, also serve the store from a writer publishing to
+//!   a `file://` URL and this many followers (`serve --follow`), the clients spread over the followers
+//!   (default 0: skipped). The store must then be one with generations (the default fixture store is).
 //!
-//! The server runs in this process (read-only, so it serves a private copy and the bulk engine opens the
-//! original), with its default configuration; clients are plain threads with keep-alive connections.
+//! The servers run in this process (the single one read-only, so it serves a private copy and the bulk
+//! engine opens the original), with their default configuration; clients are plain threads with
+//! keep-alive connections.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +30,7 @@ use contrastgeo::data::read_labelled_posts;
 use contrastgeo::engine::{Engine, EngineConfig, LiveStore};
 use contrastgeo::geo::CityTable;
 use contrastgeo::model::{GeoModel, GeoModelConfig, ModelFiles};
-use contrastgeo::server::{self, ServerConfig, Signals, StoreSource};
+use contrastgeo::server::{self, FollowSource, RunningServer, ServerConfig, Signals, StoreSource};
 use contrastgeo_index::SupportPost;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -88,7 +92,7 @@ fn fixture_store(dir: &Path, model: &GeoModel) -> Vec<String> {
             queries.push(post.text);
         }
     }
-    Engine::build_index(
+    LiveStore::create(
         dir,
         model,
         cities.cities(),
@@ -133,19 +137,30 @@ struct Level {
     mean_batch: f64,
 }
 
-/// `clients` threads sending single-post requests back to back for `seconds`.
-fn load(base: &str, posts: &Arc<Vec<String>>, clients: usize, seconds: f64) -> Level {
+/// The inference batches all `bases` formed so far: (batches, posts in them).
+fn batches(probe: &ureq::Agent, bases: &[String]) -> (f64, f64) {
+    bases.iter().fold((0.0, 0.0), |(count, sum), base| {
+        (
+            count + metric(probe, base, "contrastgeo_inference_batch_posts_count"),
+            sum + metric(probe, base, "contrastgeo_inference_batch_posts_sum"),
+        )
+    })
+}
+
+/// `clients` threads sending single-post requests back to back for `seconds`, client `i` to server
+/// `bases[i % bases.len()]`.
+fn load(bases: &[String], posts: &Arc<Vec<String>>, clients: usize, seconds: f64) -> Level {
     let probe: ureq::Agent = ureq::Agent::config_builder().build().into();
-    let (batches_before, batch_posts_before) = (
-        metric(&probe, base, "contrastgeo_inference_batch_posts_count"),
-        metric(&probe, base, "contrastgeo_inference_batch_posts_sum"),
-    );
+    let (batches_before, batch_posts_before) = batches(&probe, bases);
     let barrier = Arc::new(Barrier::new(clients));
     let started = Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|client| {
-            let (base, posts, barrier) =
-                (base.to_string(), Arc::clone(posts), Arc::clone(&barrier));
+            let (base, posts, barrier) = (
+                bases[client % bases.len()].clone(),
+                Arc::clone(posts),
+                Arc::clone(&barrier),
+            );
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
                 barrier.wait();
@@ -175,9 +190,11 @@ fn load(base: &str, posts: &Arc<Vec<String>>, clients: usize, seconds: f64) -> L
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
     let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-    let batches = metric(&probe, base, "contrastgeo_inference_batch_posts_count") - batches_before;
-    let batch_posts =
-        metric(&probe, base, "contrastgeo_inference_batch_posts_sum") - batch_posts_before;
+    let (batches_after, batch_posts_after) = batches(&probe, bases);
+    let (batches, batch_posts) = (
+        batches_after - batches_before,
+        batch_posts_after - batch_posts_before,
+    );
     Level {
         clients,
         requests: latencies.len(),
@@ -202,6 +219,84 @@ fn bulk(engine: &Engine, posts: &[String], chunk: usize, seconds: f64) -> f64 {
         }
     }
     located as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Waits until the server at `base` is ready.
+fn wait_ready(base: &str) {
+    let probe: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let waited = Instant::now();
+    while probe
+        .get(format!("{base}/readyz"))
+        .call()
+        .map_or(true, |r| r.status() != 200)
+    {
+        assert!(waited.elapsed() < Duration::from_secs(600), "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every level against `bases`; prints the table rows and returns (clients, req/s).
+fn levels_table(
+    bases: &[String],
+    posts: &Arc<Vec<String>>,
+    levels: &[usize],
+    seconds: f64,
+) -> Vec<(usize, f64)> {
+    // Warm-up: caches, the allocator, the HTTP connection pool.
+    load(bases, posts, 4 * bases.len(), 1.0);
+    println!("| clients | requests | req/s | p50 ms | p99 ms | mean inference batch |");
+    println!("|---|---|---|---|---|---|");
+    let mut measured = Vec::new();
+    for &clients in levels {
+        let level = load(bases, posts, clients, seconds);
+        let rate = level.requests as f64 / level.seconds;
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            level.clients, level.requests, rate, level.p50_ms, level.p99_ms, level.mean_batch
+        );
+        measured.push((clients, rate));
+    }
+    measured
+}
+
+/// A writer over `store` publishing to a `file://` URL in `tmp`, and `count` followers of it.
+fn start_followers(
+    store: &Path,
+    model: Arc<GeoModel>,
+    tmp: &Path,
+    count: usize,
+) -> (RunningServer, Vec<RunningServer>) {
+    let url = format!("file://{}", tmp.join("published").display());
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().expect("an address"),
+        publish: Some(url.clone()),
+        ..ServerConfig::default()
+    };
+    let store = store.to_path_buf();
+    let loader: server::Loader = Box::new(move || Ok(StoreSource { model, store }));
+    let writer = server::start(config, loader, Signals::Ignore).expect("start the writer");
+    wait_ready(&format!("http://{}", writer.addr()));
+    let followers = (0..count)
+        .map(|i| {
+            let config = ServerConfig {
+                bind: "127.0.0.1:0".parse().expect("an address"),
+                ..ServerConfig::default()
+            };
+            let source = FollowSource {
+                url: url.clone(),
+                cache: tmp.join(format!("follower-{i}")),
+                device: candle_core::Device::Cpu,
+            };
+            let follower =
+                server::start_follower(config, source, Signals::Ignore).expect("start a follower");
+            wait_ready(&format!("http://{}", follower.addr()));
+            follower
+        })
+        .collect();
+    (writer, followers)
 }
 
 fn main() {
@@ -255,49 +350,46 @@ fn main() {
     });
     let running = server::start(config, loader, Signals::Ignore).expect("start the server");
     let base = format!("http://{}", running.addr());
-    let probe: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let waited = Instant::now();
-    while probe
-        .get(format!("{base}/readyz"))
-        .call()
-        .map_or(true, |r| r.status() != 200)
-    {
-        assert!(waited.elapsed() < Duration::from_secs(600), "never ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready(&base);
     let posts = Arc::new(posts);
     println!(
         "store: {which}; {} posts; {seconds} s per level; max batch wait {config_wait} ms",
         posts.len()
     );
-    // Warm-up: caches, the allocator, the HTTP connection pool.
-    load(&base, &posts, 4, 1.0);
-
-    println!("| clients | requests | req/s | p50 ms | p99 ms | mean inference batch |");
-    println!("|---|---|---|---|---|---|");
-    let mut measured = Vec::new();
-    for &clients in &levels {
-        let level = load(&base, &posts, clients, seconds);
-        let rate = level.requests as f64 / level.seconds;
-        println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            level.clients, level.requests, rate, level.p50_ms, level.p99_ms, level.mean_batch
-        );
-        measured.push((clients, rate));
-    }
-    let engine = open_any(&store, model, EngineConfig::default());
+    println!("one server:");
+    let measured = levels_table(&[base], &posts, &levels, seconds);
+    running.stop(true).expect("stop the server");
+    let engine = open_any(&store, Arc::clone(&model), EngineConfig::default());
     let chunk = env_or("CONTRASTGEO_BENCH_BULK_CHUNK", 256usize).max(1);
     let bulk_rate = bulk(&engine, &posts, chunk, seconds);
     println!("bulk Engine::locate (chunks of {chunk}): {bulk_rate:.1} posts/s");
-    for (clients, rate) in measured {
+    for &(clients, rate) in &measured {
         println!(
             "server at {clients} clients / bulk: {:.2}",
             rate / bulk_rate
         );
     }
     drop(engine);
-    running.stop(true).expect("stop the server");
+    let followers: usize = env_or("CONTRASTGEO_BENCH_FOLLOWERS", 0);
+    if followers > 0 {
+        let (writer, running) = start_followers(&store, model, tmp.path(), followers);
+        let bases: Vec<String> = running
+            .iter()
+            .map(|f| format!("http://{}", f.addr()))
+            .collect();
+        println!(
+            "{followers} followers of a writer publishing to file:// (clients spread over them):"
+        );
+        let spread = levels_table(&bases, &posts, &levels, seconds);
+        for ((clients, one), (_, many)) in measured.iter().zip(&spread) {
+            println!(
+                "{followers} followers / one server at {clients} clients: {:.2}",
+                many / one
+            );
+        }
+        for follower in running {
+            follower.stop(true).expect("stop a follower");
+        }
+        writer.stop(true).expect("stop the writer");
+    }
 }
