@@ -117,7 +117,7 @@ impl Default for ServerConfig {
             queue_capacity: 1_024,
             max_batch_posts: 64,
             max_batch_chars: 32_768,
-            max_batch_wait_ms: 2,
+            max_batch_wait_ms: 10,
             request_timeout_ms: 30_000,
             retry_after_s: 1,
             shutdown_timeout_s: 30,
