@@ -449,6 +449,8 @@ fn shown_answer(browser: &Browser) -> Value {
         "const $ = (s) => document.querySelector(s);
          return {
            name: $('#answer-name').textContent,
+           verdict: $('#answer-verdict').hidden ? null : $('#answer-verdict').textContent,
+           abstained: $('#answer').classList.contains('abstained'),
            probability: $('#answer-probability').textContent,
            shortlist: [...document.querySelectorAll('#shortlist li')].map((li) => li.textContent),
            evidence: [...document.querySelectorAll('#evidence li')].map((li) => li.textContent),
@@ -488,6 +490,10 @@ fn a_post_is_answered_with_its_shortlist_evidence_and_map_and_an_empty_post_gets
     );
     let shown = shown_answer(&browser);
     assert_eq!(shown["name"], answer["name"]);
+    // An abstention (no `city`) is shown as one; an answer is not.
+    let abstained = answer["city"].is_null();
+    assert_eq!(shown["abstained"], abstained, "{shown}");
+    assert_eq!(shown["verdict"].is_string(), abstained, "{shown}");
     let top_k = answer["top_k"].as_array().unwrap();
     assert_eq!(shown["shortlist"].as_array().unwrap().len(), top_k.len());
     assert!(shown["shortlist"][0]

@@ -37,6 +37,17 @@ pub fn unit_interval_f32(text: &str) -> Result<f32, String> {
     }
 }
 
+/// `SLOPE,INTERCEPT` of a calibration: a positive slope and a finite intercept.
+pub fn calibration(text: &str) -> Result<crate::engine::Calibration, String> {
+    let (slope, intercept) = text
+        .split_once(',')
+        .ok_or_else(|| format!("{text:?} is not SLOPE,INTERCEPT (e.g. 1.2,-1.6)"))?;
+    Ok(crate::engine::Calibration {
+        slope: positive_f64(slope)? as f32,
+        intercept: finite_f64(intercept)? as f32,
+    })
+}
+
 /// A count of at least one.
 pub fn at_least_one(text: &str) -> Result<usize, String> {
     let value: usize = text

@@ -97,6 +97,11 @@ pub struct EngineArgs {
     /// [0, 1] [default: the world store's tuned threshold on the zero-shot world store, 0 on yours].
     #[arg(long, env = "CONTRASTGEO_MIN_CONFIDENCE", value_parser = flags::unit_interval_f32)]
     pub min_confidence: Option<f32>,
+    /// Calibration of the answer's probability, `SLOPE,INTERCEPT` of Platt scaling (`1,0` leaves it as it
+    /// is; `tools/calibrate.py` fits one) [default: the world store's on the zero-shot world store, `1,0` on
+    /// yours].
+    #[arg(long, env = "CONTRASTGEO_CALIBRATION", value_parser = flags::calibration)]
+    pub calibration: Option<crate::engine::Calibration>,
     /// Support posts matched by their words (BM25) per post; their cities join the candidates (0: vectors
     /// only).
     #[arg(long, env = "CONTRASTGEO_LEXICAL_HITS", default_value_t = EngineConfig::default().lexical_hits)]
@@ -139,6 +144,7 @@ impl EngineArgs {
             mention_weight: self.mention_weight,
             collapse_km: self.collapse_km,
             min_confidence: self.min_confidence.unwrap_or(0.0),
+            calibration: self.calibration.unwrap_or_default(),
             lexical_hits: self.lexical_hits,
             lexical_weight: self.lexical_weight,
             vote_weight: self.vote_weight,
@@ -162,6 +168,9 @@ impl EngineArgs {
         }
         if store.is_none() && self.min_confidence.is_none() {
             config.min_confidence = crate::engine::WORLD_MIN_CONFIDENCE;
+        }
+        if store.is_none() && self.calibration.is_none() {
+            config.calibration = crate::engine::WORLD_CALIBRATION;
         }
         config
     }

@@ -204,7 +204,51 @@ pub fn collapse(candidates: &mut Vec<Candidate>, cities: &CityCache, radius_km: 
     *candidates = merged;
 }
 
+/// Platt scaling of the answer's probability: `sigmoid(slope * logit(p) + intercept)`, fitted so that the
+/// probability a store reports is the chance that the post was written within 161 km of the answered city
+/// (`tools/calibrate.py` fits it; the zero-shot world store uses
+/// [`super::WORLD_CALIBRATION`]). The shortlist's own probabilities stay the softmax of its scores; only the
+/// answer's is mapped, and the abstain threshold is compared with the mapped one. Slope 1 and intercept 0
+/// leave it as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Multiplies the log-odds: below 1 tempers confident answers, above 1 sharpens them.
+    pub slope: f32,
+    /// Added to the log-odds: below 0 lowers every probability.
+    pub intercept: f32,
+}
+
+impl Calibration {
+    /// No change.
+    pub const IDENTITY: Calibration = Calibration {
+        slope: 1.0,
+        intercept: 0.0,
+    };
+
+    /// The calibrated probability of a shortlist probability `p`.
+    pub fn apply(&self, p: f32) -> f32 {
+        if *self == Self::IDENTITY {
+            return p;
+        }
+        let p = f64::from(p).clamp(1e-6, 1.0 - 1e-6);
+        let z = f64::from(self.slope) * (p / (1.0 - p)).ln() + f64::from(self.intercept);
+        (1.0 / (1.0 + (-z).exp())) as f32
+    }
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Self::IDENTITY
+    }
+}
+
 impl Answer {
+    /// The answer with its probability calibrated (see [`Calibration`]).
+    pub(crate) fn calibrated(mut self, calibration: Calibration) -> Self {
+        self.probability = calibration.apply(self.probability);
+        self
+    }
+
     /// Withholds the city label when the answer's confidence is below `min_confidence`.
     pub(crate) fn abstain_below(mut self, min_confidence: f32) -> Self {
         if self.probability < min_confidence {
@@ -254,6 +298,27 @@ mod tests {
             lexical_share: None,
             label_score: None,
         }
+    }
+
+    #[test]
+    fn calibration_is_monotone_and_the_identity_changes_nothing() {
+        let world = Calibration {
+            slope: 1.2,
+            intercept: -1.6,
+        };
+        let ps = [0.01f32, 0.2, 0.4, 0.6, 0.97, 1.0];
+        for p in ps {
+            assert_eq!(Calibration::IDENTITY.apply(p), p);
+        }
+        let mapped: Vec<f32> = ps.iter().map(|&p| world.apply(p)).collect();
+        assert!(mapped.windows(2).all(|w| w[0] < w[1]), "{mapped:?}");
+        assert!(mapped.iter().all(|p| (0.0..=1.0).contains(p)));
+        // A negative intercept lowers a middling probability: 0.4 -> sigmoid(1.2 ln(2/3) - 1.6) = 0.110.
+        assert!(
+            (world.apply(0.4) - 0.110).abs() < 1e-3,
+            "{}",
+            world.apply(0.4)
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub(crate) struct Scoring<'a> {
     pub weights: super::EvidenceWeights,
     pub head: Option<&'a super::label_head::LabelHead>,
     pub min_confidence: f32,
+    pub calibration: super::answer::Calibration,
     pub tau: f32,
     pub top_k: usize,
 }
@@ -216,7 +217,9 @@ pub(crate) fn aggregate(
         .map(|a| a.evidence.clone())
         .unwrap_or_default();
     Some(AuthorAnswer {
-        answer: Answer::from_ranked(candidates, evidence)?.abstain_below(scoring.min_confidence),
+        answer: Answer::from_ranked(candidates, evidence)?
+            .calibrated(scoring.calibration)
+            .abstain_below(scoring.min_confidence),
         posts_used: posts.len(),
         weighing_posts: weighing,
     })

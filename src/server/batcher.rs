@@ -260,7 +260,11 @@ fn next_batch<I, R, E>(shared: &Shared<I, R, E>) -> Option<Vec<Job<I, R, E>>> {
     let queued_meanwhile = queue
         .jobs
         .iter()
-        .filter(|job| queue.last_batch_computed.is_some_and(|at| job.enqueued < at))
+        .filter(|job| {
+            queue
+                .last_batch_computed
+                .is_some_and(|at| job.enqueued < at)
+        })
         .count();
     let expected_jobs = queue.last_batch_jobs.map(|last| last + queued_meanwhile);
     while queue.jobs.is_empty() {
@@ -465,7 +469,10 @@ mod tests {
             rx.blocking_recv().unwrap().unwrap();
         }
         let closed_after = started.elapsed();
-        assert!(closed_after < Duration::from_millis(300), "{closed_after:?}");
+        assert!(
+            closed_after < Duration::from_millis(300),
+            "{closed_after:?}"
+        );
         batcher.shutdown();
         let batches = recorder.batches.lock().unwrap().clone();
         assert_eq!(batches, [(3, 3), (3, 3)], "{batches:?}");

@@ -286,9 +286,14 @@ function showAnswer(answer, map) {
   $("answer").dataset.cityId = answer.city_id;
   $("answer-name").textContent = answer.name;
   $("answer-place").textContent = place(answer);
-  // `city` is null when the engine abstains (confidence below its threshold): say so beside the best guess.
+  // `city` is null when the engine abstains (confidence below its threshold): the best guess is shown as
+  // one, not as the answer.
+  const abstained = answer.city === null;
+  $("answer").classList.toggle("abstained", abstained);
+  $("answer-verdict").hidden = !abstained;
+  $("answer-verdict").textContent = abstained ? "Not sure. Best guess:" : "";
   $("answer-probability").textContent = percent(answer.probability) +
-    (answer.city === null ? " (not confident enough to answer; best guess shown)" : "");
+    (abstained ? " (below the confidence needed to answer)" : "");
   $("shortlist").replaceChildren(...answer.top_k.map((c) => {
     const bar = element("span");
     bar.style.width = percent(c.probability);
