@@ -157,6 +157,11 @@ pub fn open_store(
     progress: &dyn Fn(BuildProgress),
 ) -> Result<OpenedStore, OpenError> {
     let dir = store_or_default(store, &model, progress)?;
+    if options.config.mention_weight > 0.0 {
+        // The gazetteer's place names (about 0.5 s to read and index on 2 cores) are needed only once the
+        // engine is built: read them beside the model and graph instead of after them.
+        std::thread::spawn(crate::geo::mentions::gazetteer_names);
+    }
     if LiveStore::exists(&dir) {
         let live =
             LiveStore::open_publishing(&dir, &options.device, options.config, options.publisher)
