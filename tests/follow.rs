@@ -23,6 +23,16 @@ use contrastgeo::server::{self, FollowSource, RunningServer, ServerConfig, Signa
 use serde_json::{json, Value};
 
 const KEY: &str = "follow-key";
+
+/// The tests here run one at a time: each starts several servers or processes, and the first checks a
+/// deadline (`--poll-s` + 2 s) that a neighbour loading models on the same two cores would eat into.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 const POLL_S: u64 = 1;
 
 fn nashville() -> Value {
@@ -119,6 +129,7 @@ fn top_city(url: &str, text: &str) -> (u16, String) {
 
 #[test]
 fn an_ingest_reaches_two_followers_within_the_poll_and_a_retrain_swaps_them_under_load() {
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let published = tmp.path().join("published");
     let url = url_of(&published);
@@ -271,6 +282,7 @@ fn an_ingest_reaches_two_followers_within_the_poll_and_a_retrain_swaps_them_unde
 
 #[test]
 fn a_half_uploaded_generation_is_never_followed() {
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("writer");
     common::fixture_live_store(&store, "Nashville", 2);
@@ -359,6 +371,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn a_follower_killed_mid_download_restarts_and_catches_up_and_a_killed_writer_loses_nothing() {
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("writer");
     common::fixture_live_store(&store, "Nashville", 2);
