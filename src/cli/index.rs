@@ -176,11 +176,7 @@ pub fn open_store(
     config: EngineConfig,
     publish: Option<&str>,
 ) -> anyhow::Result<OpenedStore> {
-    let publisher = match publish {
-        Some(url) => Some(Arc::new(crate::replication::Publisher::open(url)?)
-            as Arc<dyn crate::engine::StorePublisher>),
-        None => None,
-    };
+    let publisher = crate::replication::Publisher::shared(publish)?;
     let options = OpenOptions {
         config,
         device: model.model.device.open()?,

@@ -190,16 +190,19 @@ impl Follower {
         let live = read_live(&self.remote)?.ok_or_else(|| ReplicationError::NothingPublished {
             url: self.remote.url().to_string(),
         })?;
-        let serving = self.lock().generation;
-        {
+        let serving = {
             let mut state = self.lock();
             state.published_generation = live.generation;
-            state.published_seq = state
-                .published_seq
-                .max(super::last_published_seq(&self.remote)?);
-        }
+            state.generation
+        };
         let generations = self.cache.join(GENERATIONS);
         if live.generation != serving {
+            // The download may take a while: the lag reported meanwhile counts the labels published now.
+            let published = super::last_published_seq(&self.remote)?;
+            {
+                let mut state = self.lock();
+                state.published_seq = state.published_seq.max(published);
+            }
             let dir = download_generation(&self.remote, &generations, live.generation)?;
             let snapshot = open_generation_dir(&dir, &self.device, &self.config)?;
             let (applied_seq, published_seq, _) = catch_up(&self.remote, &snapshot)?;

@@ -44,6 +44,16 @@ impl Publisher {
         })
     }
 
+    /// A publisher to `url` as the engine takes it, or none without a URL.
+    pub fn shared(
+        url: Option<&str>,
+    ) -> Result<Option<std::sync::Arc<dyn StorePublisher>>, ReplicationError> {
+        url.map(|url| {
+            Ok(std::sync::Arc::new(Self::open(url)?) as std::sync::Arc<dyn StorePublisher>)
+        })
+        .transpose()
+    }
+
     /// The URL published to.
     pub fn url(&self) -> &str {
         self.remote.url()

@@ -485,11 +485,7 @@ fn load(state: &AppState, loader: Loader, handle: &ServerHandle) {
         };
         let dir = replica.as_ref().map_or(source.store.as_path(), |r| r.dir());
         // A store with generations answers with its own model and takes writes (unless read-only).
-        let publisher = match &config.publish {
-            Some(url) => Some(Arc::new(crate::replication::Publisher::open(url)?)
-                as Arc<dyn crate::engine::StorePublisher>),
-            None => None,
-        };
+        let publisher = crate::replication::Publisher::shared(config.publish.as_deref())?;
         let options = crate::engine::OpenOptions {
             config: config.engine.clone(),
             device: source.model.device().clone(),
