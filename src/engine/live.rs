@@ -308,7 +308,8 @@ impl LiveStore {
                 .publish_generation(&generations.dir(current), &generations.manifest(current)?)
                 .map_err(EngineError::Publish)?;
         }
-        let snapshot = open_generation(&generations, current, device, &config)?;
+        // The label head is fitted once, after the labels acknowledged since the last build are applied.
+        let snapshot = open_generation_dir(&generations.dir(current), device, &config)?;
         let store = Self {
             dir: dir.to_path_buf(),
             labels,
@@ -322,10 +323,13 @@ impl LiveStore {
         };
         {
             let _writer = store.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let applied = store.catch_up(&store.engine.snapshot())?;
+            let snapshot = store.engine.snapshot();
+            let applied = store.catch_up(&snapshot)?;
             if applied > 0 {
                 tracing::info!(applied, "applied labels acknowledged after the last build");
-                store.engine.snapshot().refit_head()?;
+            }
+            if applied > 0 || snapshot.head().is_none() {
+                snapshot.refit_head()?;
             }
         }
         if let Some(publisher) = &store.publisher {
@@ -729,14 +733,19 @@ fn open_generation(
     device: &Device,
     config: &EngineConfig,
 ) -> Result<Snapshot> {
-    open_generation_dir(&generations.dir(id), device, config)
+    let snapshot = open_generation_dir(&generations.dir(id), device, config)?;
+    if snapshot.head().is_none() {
+        snapshot.refit_head()?;
+    }
+    Ok(snapshot)
 }
 
-/// The snapshot of the complete generation in `dir` (its `model/` and `index/`): also how a replica opens
-/// a generation it downloaded.
+/// The snapshot of the complete generation in `dir` (its `model/` and `index/`), its label head read if
+/// saved and current but not fitted otherwise ([`Snapshot::open_deferring_head`]): the caller applies
+/// pending labels first, then fits it once. How a store and a replica open a generation.
 pub fn open_generation_dir(dir: &Path, device: &Device, config: &EngineConfig) -> Result<Snapshot> {
     let model = GeoModel::load(&dir.join(MODEL_DIR), device)?;
-    Snapshot::open(&dir.join(INDEX_DIR), Arc::new(model), config)
+    Snapshot::open_deferring_head(&dir.join(INDEX_DIR), Arc::new(model), config)
 }
 
 /// Applies labels the snapshot's index lacks, in sequence order, skipping those at or below its label

@@ -442,6 +442,21 @@ impl Snapshot {
     /// or empty store, and a store filled by another model ([`EngineError::ModelMismatch`]): its vectors
     /// cannot be compared with this model's.
     pub fn open(dir: &Path, model: Arc<GeoModel>, config: &EngineConfig) -> Result<Self> {
+        let snapshot = Self::open_deferring_head(dir, model, config)?;
+        if snapshot.head().is_none() {
+            snapshot.refit_head()?;
+        }
+        Ok(snapshot)
+    }
+
+    /// [`Snapshot::open`], reading the saved label head if it fits the store's posts but leaving a missing
+    /// or stale one unfitted: for a caller about to apply pending labels, which fits it once afterwards
+    /// instead of twice.
+    pub fn open_deferring_head(
+        dir: &Path,
+        model: Arc<GeoModel>,
+        config: &EngineConfig,
+    ) -> Result<Self> {
         let options = config.index_options();
         if !Self::exists(dir) {
             return Err(EngineError::NoStore {
@@ -483,16 +498,11 @@ impl Snapshot {
             head_config: config.head.clone(),
             refits: Mutex::new((0, 0)),
         };
-        match saved {
-            Some(head) => {
-                *snapshot
-                    .head
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(head));
-            }
-            None => {
-                snapshot.refit_head()?;
-            }
+        if let Some(head) = saved {
+            *snapshot
+                .head
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(head));
         }
         Ok(snapshot)
     }

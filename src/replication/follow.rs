@@ -109,7 +109,7 @@ impl Follower {
         let snapshot = open_generation_dir(&dir, device, &config)?;
         let before = snapshot.index().store().label_watermark()?;
         let (applied_seq, published_seq, _) = catch_up(&remote, &snapshot)?;
-        if applied_seq > before {
+        if applied_seq > before || snapshot.head().is_none() {
             snapshot.refit_head()?;
         }
         let engine = Arc::new(Engine::with_snapshot(snapshot, config.clone()));
