@@ -64,6 +64,11 @@ struct TestServer {
 
 impl TestServer {
     fn start() -> Self {
+        Self::start_with(EngineConfig::default())
+    }
+
+    /// A server over the fixture store answering with `engine`.
+    fn start_with(engine: EngineConfig) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let model = model();
         let dir = tmp.path().join("store");
@@ -82,6 +87,7 @@ impl TestServer {
             bind: "127.0.0.1:0".parse().unwrap(),
             api_key_file: Some(key_file),
             workers: 2,
+            engine,
             ..ServerConfig::default()
         };
         let loader: server::Loader = Box::new(move || Ok(StoreSource { model, store: dir }));
@@ -856,4 +862,39 @@ fn a_city_added_with_five_posts_is_answered_on_the_map_then_retrained_and_rolled
         let (_, models) = call("GET", &format!("{base}/v1/models"), None);
         assert_eq!(models["current"], 1);
     }
+}
+
+#[test]
+fn an_abstention_is_shown_as_one_with_the_best_guess_muted() {
+    // Every answer below certainty abstains: the page must say "not sure" and still show the best guess.
+    let server = TestServer::start_with(EngineConfig {
+        min_confidence: 1.0,
+        ..EngineConfig::default()
+    });
+    let browser = Browser::start(1280, 800);
+    let base = open_page(&browser, &server.base);
+    let text = "Nice weather for a walk by the water today";
+    let city = try_post(&browser, text);
+    let (status, answer) = call(
+        "POST",
+        &format!("{base}/v1/locate"),
+        Some(&json!({ "text": text })),
+    );
+    assert_eq!(status, 200);
+    assert!(answer["city"].is_null(), "{answer}");
+    assert_eq!(city, answer["city_id"].as_u64().unwrap());
+    let shown = shown_answer(&browser);
+    assert_eq!(shown["abstained"], true, "{shown}");
+    assert_eq!(shown["verdict"], "Not sure. Best guess:", "{shown}");
+    assert_eq!(
+        shown["name"], answer["name"],
+        "the best guess is still shown"
+    );
+    assert!(
+        shown["probability"]
+            .as_str()
+            .unwrap()
+            .contains("below the confidence needed to answer"),
+        "{shown}"
+    );
 }
