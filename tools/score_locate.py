@@ -4,13 +4,10 @@ given to locate): prints Acc@1, Acc@161km, mean and median error in km, and the 
 threshold, the share of posts answered at or above it and the Acc@1 / Acc@161km of those (how an abstain
 threshold, `--min-confidence`, trades coverage for precision). Usage: tools/score_locate.py LABELLED.jsonl LOCATED.jsonl"""
 import json
-import math
 import sys
 
-def km(lat1, lon1, lat2, lon2):
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
-    return 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(a)))
+from geodesy import km
+
 
 truth = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 located = {r["line"]: r for r in (json.loads(line) for line in open(sys.argv[2]) if line.strip())}

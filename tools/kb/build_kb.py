@@ -50,7 +50,9 @@ import tempfile
 import time
 import unicodedata
 
-EARTH_KM = 6371.0088
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from geodesy import EARTH_KM, km  # noqa: E402
+
 NEAR_KM = 50.0          # first choice: the nearest gazetteer city within this radius
 FAR_KM = 100.0          # else: the nearest city of at least BIG_CITY people within this radius
 BIG_CITY = 100_000
@@ -60,12 +62,6 @@ AIRPORT_SUFFIXES = ("international airport", "intl airport", "international airf
                     "municipal airport", "airport", "airfield", "air base", "aerodrome")
 
 
-def km(lat1, lon1, lat2, lon2):
-    """Great-circle distance in km."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = (math.sin((p2 - p1) / 2) ** 2
-         + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2)
-    return 2 * EARTH_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
 def name_key(name):
