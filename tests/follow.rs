@@ -10,13 +10,13 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::call;
+use common::{call, nashville_record as nashville, NASHVILLE_EXAMPLES as EXAMPLES};
 use contrastgeo::engine::EngineConfig;
 use contrastgeo::replication::Follower;
 use contrastgeo::server::{self, FollowSource, RunningServer, ServerConfig, Signals, StoreSource};
@@ -34,19 +34,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 const POLL_S: u64 = 1;
-
-fn nashville() -> Value {
-    json!({"name": "Nashville", "admin1": "Tennessee", "country": "United States",
-           "lat": 36.16589, "lon": -86.78444})
-}
-
-const EXAMPLES: [&str; 5] = [
-    "Honky tonks on Broadway all night long",
-    "Hot chicken so spicy I cried, worth it",
-    "Grand Ole Opry tonight, goosebumps the whole time",
-    "Predators game at Bridgestone, the catfish flew",
-    "Pedal taverns full of bachelorettes again on Lower Broad",
-];
 
 const NASHVILLE_POST: &str = "Hot chicken and honky tonks on Broadway tonight";
 
@@ -77,6 +64,17 @@ fn wait_ready(url: &str, within: Duration) -> Value {
         assert!(started.elapsed() < within, "{url} never ready: {last}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A fresh fixture store (the fixture cities less Nashville, two support posts each) in a temporary
+/// directory, and the `file://` URL beside it to publish it to: (the directory, store, published dir, URL).
+fn writer_store() -> (tempfile::TempDir, PathBuf, PathBuf, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("writer");
+    common::fixture_live_store(&store, "Nashville", 2);
+    let published = tmp.path().join("published");
+    let url = url_of(&published);
+    (tmp, store, published, url)
 }
 
 /// An in-process writer over a fresh fixture store (the fixture cities less Nashville), publishing to `url`.
@@ -283,11 +281,7 @@ fn an_ingest_reaches_two_followers_within_the_poll_and_a_retrain_swaps_them_unde
 #[test]
 fn a_half_uploaded_generation_is_never_followed() {
     let _serial = one_at_a_time();
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("writer");
-    common::fixture_live_store(&store, "Nashville", 2);
-    let published = tmp.path().join("published");
-    let url = url_of(&published);
+    let (tmp, store, published, url) = writer_store();
     let publisher: Arc<dyn contrastgeo::engine::StorePublisher> =
         Arc::new(contrastgeo::replication::Publisher::open(&url).unwrap());
     let live = contrastgeo::engine::LiveStore::open_publishing(
@@ -372,11 +366,7 @@ fn free_port() -> u16 {
 #[test]
 fn a_follower_killed_mid_download_restarts_and_catches_up_and_a_killed_writer_loses_nothing() {
     let _serial = one_at_a_time();
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("writer");
-    common::fixture_live_store(&store, "Nashville", 2);
-    let published = tmp.path().join("published");
-    let url = url_of(&published);
+    let (tmp, store, _, url) = writer_store();
     let key_file = tmp.path().join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
 

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::call;
+use common::{call, nashville_record as nashville, NASHVILLE_EXAMPLES as EXAMPLES};
 use contrastgeo::server::{self, RunningServer, ServerConfig, Signals, StoreSource};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const KEY: &str = "test-key-123";
 
@@ -49,19 +49,6 @@ fn start() -> Server {
     }
     server
 }
-
-fn nashville() -> Value {
-    json!({"name": "Nashville", "admin1": "Tennessee", "country": "United States",
-           "lat": 36.16589, "lon": -86.78444, "aliases": ["Music City"]})
-}
-
-const EXAMPLES: [&str; 5] = [
-    "Honky tonks on Broadway all night long",
-    "Hot chicken so spicy I cried, worth it",
-    "Grand Ole Opry tonight, goosebumps the whole time",
-    "Predators game at Bridgestone, the catfish flew",
-    "Pedal taverns full of bachelorettes again on Lower Broad",
-];
 
 #[test]
 fn a_city_added_over_rest_is_answered_at_once_and_bad_bodies_name_the_field() {

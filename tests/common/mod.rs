@@ -225,3 +225,19 @@ pub fn call(
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
 }
+
+/// Nashville, the city the write and replication tests add (the fixture stores leave it out), as the REST
+/// API takes a new city.
+pub fn nashville_record() -> serde_json::Value {
+    serde_json::json!({"name": "Nashville", "admin1": "Tennessee", "country": "United States",
+                       "lat": 36.16589, "lon": -86.78444, "aliases": ["Music City"]})
+}
+
+/// Five example posts of Nashville.
+pub const NASHVILLE_EXAMPLES: [&str; 5] = [
+    "Honky tonks on Broadway all night long",
+    "Hot chicken so spicy I cried, worth it",
+    "Grand Ole Opry tonight, goosebumps the whole time",
+    "Predators game at Bridgestone, the catfish flew",
+    "Pedal taverns full of bachelorettes again on Lower Broad",
+];
