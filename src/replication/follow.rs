@@ -68,8 +68,8 @@ struct State {
     published_generation: GenerationId,
     applied_seq: LabelSeq,
     published_seq: LabelSeq,
-    caught_up_at: Option<Instant>,
-    behind_since: Instant,
+    /// When the last poll (or the start) found nothing missing.
+    caught_up_at: Instant,
     polls: u64,
     last_error: Option<String>,
 }
@@ -113,7 +113,6 @@ impl Follower {
             snapshot.refit_head()?;
         }
         let engine = Arc::new(Engine::with_snapshot(snapshot, config.clone()));
-        let now = Instant::now();
         let follower = Arc::new(Self {
             remote,
             cache: cache.to_path_buf(),
@@ -125,8 +124,7 @@ impl Follower {
                 published_generation: live.generation,
                 applied_seq,
                 published_seq,
-                caught_up_at: Some(now),
-                behind_since: now,
+                caught_up_at: Instant::now(),
                 polls: 0,
                 last_error: None,
             }),
@@ -166,10 +164,10 @@ impl Follower {
             applied_seq: state.applied_seq,
             published_seq: state.published_seq,
             lag_labels,
-            lag_s: match (caught_up, state.caught_up_at) {
-                (true, _) => 0.0,
-                (false, Some(at)) => at.elapsed().as_secs_f64(),
-                (false, None) => state.behind_since.elapsed().as_secs_f64(),
+            lag_s: if caught_up {
+                0.0
+            } else {
+                state.caught_up_at.elapsed().as_secs_f64()
             },
             polls: state.polls,
             last_error: state.last_error.clone(),
@@ -230,7 +228,7 @@ impl Follower {
         }
         let mut state = self.lock();
         if state.applied_seq >= state.published_seq && state.generation == live.generation {
-            state.caught_up_at = Some(Instant::now());
+            state.caught_up_at = Instant::now();
         }
         Ok(())
     }
