@@ -48,6 +48,8 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--posts-per-name", type=int, default=1)
     parser.add_argument("--seed", type=int, default=18)
+    parser.add_argument("--all-names", action="store_true",
+                        help="write posts for every name (no held-out half): for a model to use, not to evaluate")
     args = parser.parse_args()
     gazetteer = json.load(open(os.path.join(args.gazetteer, "cities15000.json"), encoding="utf-8"))
     countries = json.load(open(os.path.join(args.gazetteer, "countries.json"), encoding="utf-8"))
@@ -71,7 +73,7 @@ def main():
                 city = gazetteer.get(city_id)
                 if city is None or kind not in TEMPLATES:
                     continue
-                if not is_seen(name):
+                if not args.all_names and not is_seen(name):
                     held_out.add(name_key(name))
                     continue
                 seen.add(name_key(name))
