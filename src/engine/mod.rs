@@ -101,7 +101,7 @@ pub const WORLD_MIN_CONFIDENCE: f32 = 0.18;
 
 /// The calibration of the zero-shot world default store (README, "Calibrated confidence"): Platt scaling
 /// fitted on half of the benchmark's test posts (text only) so that an answer's probability is its chance of
-/// being within 161 km; expected calibration error on the other half 0.261 -> 0.036 (refitted with the place
+/// being within 161 km; expected calibration error on the other half 0.261 -> 0.037 (refitted with the place
 /// knowledge base and [`WORLD_MENTION_WEIGHT`], which make the shortlist's softmax far more sure of itself).
 pub const WORLD_CALIBRATION: answer::Calibration = answer::Calibration {
     slope: 0.45,

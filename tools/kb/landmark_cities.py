@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Chooses the cities whose landmarks the project's hand-written lists (tools/kb/landmarks/*.tsv) cover.
 
-The rule is by size and status only, never by any evaluation set: in the United States and Canada every
+The rule is by size and status only, never by any evaluation set. Tier 1: in the United States and Canada every
 gazetteer city of at least 200,000 people; elsewhere every city of at least 2,000,000 people, each country's
-capital, and each country's two most populous cities. Writes one TSV per region (geonameid, name, admin1 code,
-country code, population) to the output folder.
+capital, and each country's two most populous cities. Tier 2 (the cities tier 1 leaves out): in the United
+States and Canada every city of 100,000 to 200,000 people; elsewhere every city of at least 700,000 people and
+each country's five most populous cities. Writes one TSV per region (geonameid, name, admin1 code, country
+code, population) to the output folder.
 
-Usage: tools/kb/landmark_cities.py --gazetteer ~/.local/share/contrastgeo/gazetteer --out /tmp/kbcities
+Usage: tools/kb/landmark_cities.py --gazetteer ~/.local/share/contrastgeo/gazetteer --out /tmp/kbcities [--tier 2]
 """
 import argparse
 import collections
@@ -33,6 +35,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--gazetteer", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--tier", type=int, choices=(1, 2), default=1)
     args = parser.parse_args()
     cities = list(json.load(open(os.path.join(args.gazetteer, "cities15000.json"))).values())
     countries = json.load(open(os.path.join(args.gazetteer, "countries.json")))
@@ -42,14 +45,23 @@ def main():
     by_country = collections.defaultdict(list)
     for c in cities:
         by_country[c["countrycode"]].append(c)
+    def tier1(cc, own):
+        if cc in ("US", "CA"):
+            return [c for c in own if c["population"] >= 200_000]
+        capital = [c for c in own if c["name"] == capital_of.get(cc)]
+        return [c for c in own if c["population"] >= 2_000_000] + own[:2] + capital[:1]
+
+    def tier2(cc, own):
+        if cc in ("US", "CA"):
+            return [c for c in own if 100_000 <= c["population"] < 200_000]
+        return [c for c in own if c["population"] >= 700_000] + own[:5]
+
     for cc, own in by_country.items():
         own.sort(key=lambda c: -c["population"])
-        if cc in ("US", "CA"):
-            picks = [c for c in own if c["population"] >= 200_000]
-        else:
-            picks = [c for c in own if c["population"] >= 2_000_000] + own[:2]
-            capital = [c for c in own if c["name"] == capital_of.get(cc)]
-            picks += capital[:1]
+        picks = tier1(cc, own)
+        if args.tier == 2:
+            first = {c["geonameid"] for c in picks}
+            picks = [c for c in tier2(cc, own) if c["geonameid"] not in first]
         for c in picks:
             chosen[c["geonameid"]] = c
     os.makedirs(args.out, exist_ok=True)

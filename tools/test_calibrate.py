@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Tests of tools/calibrate.py on a fixture whose true calibration is known (stdlib unittest).
+Run: python3 tools/test_calibrate.py"""
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+class CalibrateTest(unittest.TestCase):
+    def test_fit_recovers_an_overconfident_model_and_lowers_the_error(self):
+        # Reported probabilities whose real chance of being within 161 km is sigmoid(0.5 logit(p) - 1): an
+        # overconfident engine, like the world store's softmax.
+        rng = random.Random(18)
+        with tempfile.TemporaryDirectory() as folder:
+            labelled, located = os.path.join(folder, "posts.jsonl"), os.path.join(folder, "located.jsonl")
+            with open(labelled, "w") as posts, open(located, "w") as answers:
+                for line in range(1, 2001):
+                    p = min(max(rng.betavariate(2, 1), 0.01), 0.99)
+                    near = rng.random() < sigmoid(0.5 * math.log(p / (1 - p)) - 1.0)
+                    posts.write(json.dumps({"text": "x", "lat": 0.0, "lon": 0.0}) + "\n")
+                    # a right answer at the post, a wrong one about 1,500 km away
+                    answers.write(json.dumps({"line": line, "probability": p, "lat": 0.0 if near else 10.0,
+                                              "lon": 0.0 if near else 10.0}) + "\n")
+            out = subprocess.run([sys.executable, os.path.join(HERE, "calibrate.py"), "fit", labelled, located],
+                                 capture_output=True, text=True, check=True).stdout
+        found = re.search(r"--calibration ([-\d.]+),([-\d.]+); ECE on the evaluation half ([\d.]+) -> ([\d.]+)", out)
+        self.assertIsNotNone(found, out)
+        slope, intercept, before, after = map(float, found.groups())
+        self.assertGreater(before, 0.15, out)
+        self.assertLess(after, 0.05, out)
+        self.assertLess(abs(slope - 0.5), 0.25, out)
+        self.assertLess(abs(intercept + 1.0), 0.5, out)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
