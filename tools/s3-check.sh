@@ -23,7 +23,8 @@ fi
 
 say "building contrastgeo with --features s3"
 cargo build --release --features s3 --bin contrastgeo
-cp target/release/contrastgeo target/contrastgeo-s3
+mkdir -p "$ROOT/target"
+cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/contrastgeo" "$ROOT/target/contrastgeo-s3"
 BIN=$ROOT/target/contrastgeo-s3
 
 WORK=$(mktemp -d)

@@ -12,9 +12,9 @@
 //! count only as written: upper case, and not inside a run of capitals ("GO CAN GO" is shouting, not Guangzhou).
 
 use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::{Arc, OnceLock};
 
 use super::places::{KnownPlace, PlaceKind};
 use super::{City, CityId, CityTable};
