@@ -198,6 +198,46 @@ fn data_is_found_through_the_data_home_not_the_checkout_or_the_working_directory
 }
 
 #[test]
+fn train_draws_from_posts_without_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("posts.jsonl");
+    let posts: String = std::fs::read_to_string(common::fixture("posts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut post: serde_json::Value = serde_json::from_str(line).unwrap();
+            post.as_object_mut().unwrap().remove("id");
+            format!("{post}\n")
+        })
+        .collect();
+    std::fs::write(&data, posts).unwrap();
+    let out = tmp.path().join("ck");
+    let (code, _, stderr) = common::run_contrastgeo(
+        &[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--cities",
+            common::fixture("cities.jsonl").to_str().unwrap(),
+            "--shots",
+            "1",
+            "--epochs",
+            "1",
+            "--min-steps",
+            "1",
+            "--train-batch",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("support=0"), "{stderr}");
+    assert!(out.join("contrastgeo.json").is_file(), "{stderr}");
+}
+
+#[test]
 fn train_writes_its_checkpoint_and_exits_3_when_it_rejected_input_lines() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("posts.jsonl");

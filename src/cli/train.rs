@@ -186,7 +186,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<usize> {
             read.rejected.len() - 20
         );
     }
-    let (bound, dropped) = data::assign_cities(read.posts, &cities, args.options.radius_km);
+    let (mut bound, dropped) = data::assign_cities(read.posts, &cities, args.options.radius_km);
+    if args.split.is_none() {
+        // Without a split every post may be drawn, and the draw goes by id: a post without an `id` is known
+        // by its position instead of being left out (which left nothing to train on).
+        data::split::name_unnamed_posts(&mut bound);
+    }
     let support = match &args.split {
         Some(path) => {
             data::split::sample_k_shot(&Split::read(path)?, &bound, args.shots, args.options.seed)

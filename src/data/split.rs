@@ -71,6 +71,16 @@ impl Split {
     }
 }
 
+/// Gives each post without an `id` one from its position ("(post 3)", 1-based), so that a set of posts
+/// without ids can still be drawn from by [`Split::all_support`] and [`sample_k_shot`].
+pub fn name_unnamed_posts(posts: &mut [CityPost]) {
+    for (i, post) in posts.iter_mut().enumerate() {
+        post.post
+            .id
+            .get_or_insert_with(|| format!("(post {})", i + 1));
+    }
+}
+
 /// Draws `shots` support posts per city with a fixed seed (fewer when a city has fewer). `posts` are the
 /// bound posts of the benchmark; `by_id` maps post ids to positions in `posts`. The draw for a city depends
 /// only on (seed, city, its support list), so adding cities does not change other cities' draws.
