@@ -197,6 +197,31 @@ fn data_is_found_through_the_data_home_not_the_checkout_or_the_working_directory
     );
 }
 
+/// `contrastgeo train` on `data` against the fixture cities, as short as training gets (one step of 4 posts,
+/// one shot per city), writing to `out`: (exit code, stdout, stderr).
+fn train_one_step(data: &std::path::Path, out: &std::path::Path) -> (i32, String, String) {
+    common::run_contrastgeo(
+        &[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--cities",
+            common::fixture("cities.jsonl").to_str().unwrap(),
+            "--shots",
+            "1",
+            "--epochs",
+            "1",
+            "--min-steps",
+            "1",
+            "--train-batch",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        b"",
+    )
+}
+
 #[test]
 fn train_draws_from_posts_without_ids() {
     let tmp = tempfile::tempdir().unwrap();
@@ -212,26 +237,7 @@ fn train_draws_from_posts_without_ids() {
         .collect();
     std::fs::write(&data, posts).unwrap();
     let out = tmp.path().join("ck");
-    let (code, _, stderr) = common::run_contrastgeo(
-        &[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--cities",
-            common::fixture("cities.jsonl").to_str().unwrap(),
-            "--shots",
-            "1",
-            "--epochs",
-            "1",
-            "--min-steps",
-            "1",
-            "--train-batch",
-            "4",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let (code, _, stderr) = train_one_step(&data, &out);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("support=0"), "{stderr}");
     assert!(out.join("contrastgeo.json").is_file(), "{stderr}");
@@ -245,26 +251,7 @@ fn train_writes_its_checkpoint_and_exits_3_when_it_rejected_input_lines() {
     posts.push_str("{\"text\": \"no place at all\"}\n{broken\n");
     std::fs::write(&data, posts).unwrap();
     let out = tmp.path().join("ck");
-    let (code, _, stderr) = common::run_contrastgeo(
-        &[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--cities",
-            common::fixture("cities.jsonl").to_str().unwrap(),
-            "--shots",
-            "1",
-            "--epochs",
-            "1",
-            "--min-steps",
-            "1",
-            "--train-batch",
-            "4",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let (code, _, stderr) = train_one_step(&data, &out);
     assert_eq!(code, 3, "{stderr}");
     assert!(
         stderr.contains("posts.jsonl:21: neither city_id nor lat/lon"),

@@ -82,6 +82,18 @@ fn gazetteer_with_places(dir: &std::path::Path, places: Option<&str>) -> PathBuf
 
 const PLACES_HEADER: &str =
     "name\tkind\tlat\tlon\tcity_id\tcity_name\tdistance_km\tstrength\tsource\n";
+
+/// A knowledge base of the Boston landmarks `BOSTON_POST` names, with these kinds (a bad kind makes a bad row).
+fn boston_places(faneuil_hall_kind: &str, freedom_trail_kind: &str) -> String {
+    let row = |name: &str, kind: &str| {
+        format!("{name}\t{kind}\t42.36\t-71.06\t4930956\tBoston\t0.0\t0.95\tlandmarks/test.tsv\n")
+    };
+    format!(
+        "{PLACES_HEADER}{}{}",
+        row("Faneuil Hall", faneuil_hall_kind),
+        row("Freedom Trail", freedom_trail_kind)
+    )
+}
 const BOSTON_POST: &str = "Walked the Freedom Trail then clam chowder at Faneuil Hall, go Sox\n";
 
 /// Locates `BOSTON_POST` on the world default with the gazetteer folder `gazetteer`; returns the answer and
@@ -110,10 +122,7 @@ fn mentions(answer: &serde_json::Value) -> Vec<String> {
 #[test]
 fn a_landmark_of_the_knowledge_base_answers_and_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let places = format!(
-        "{PLACES_HEADER}Faneuil Hall\tlandmark\t42.36\t-71.06\t4930956\tBoston\t0.0\t0.95\tlandmarks/test.tsv\n\
-         Freedom Trail\tlandmark\t42.36\t-71.06\t4930956\tBoston\t0.0\t0.95\tlandmarks/test.tsv\n"
-    );
+    let places = boston_places("landmark", "landmark");
     let (answer, stderr) = locate_boston_post(&gazetteer_with_places(dir.path(), Some(&places)));
     assert_eq!(answer["city_id"], 4930956, "{answer}\n{stderr}");
     assert!(
@@ -145,10 +154,7 @@ fn a_landmark_of_the_knowledge_base_answers_and_is_named() {
 #[test]
 fn a_knowledge_base_with_bad_rows_is_named_and_left_out_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let places = format!(
-        "{PLACES_HEADER}Faneuil Hall\tlandmark\t42.36\t-71.06\t4930956\tBoston\t0.0\t0.95\tlandmarks/test.tsv\n\
-         Freedom Trail\tshrine\t42.36\t-71.06\t4930956\tBoston\t0.0\t0.95\tlandmarks/test.tsv\n"
-    );
+    let places = boston_places("landmark", "shrine");
     let (answer, stderr) = locate_boston_post(&gazetteer_with_places(dir.path(), Some(&places)));
     assert!(
         stderr.contains("places.tsv") && stderr.contains("line 3") && stderr.contains("shrine"),
