@@ -17,14 +17,15 @@ NAMES=--all-names
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN=${CONTRASTGEO_BIN:-$ROOT/target/release/contrastgeo}
 [ -x "$BIN" ] || { echo "$BIN not found: cargo build --release first (or set CONTRASTGEO_BIN)" >&2; exit 1; }
-# The gazetteer folder, resolved as src/home.rs does.
-GAZ=$(python3 - <<'PY'
-import os
-home = os.environ.get("CONTRASTGEO_HOME") or os.path.join(os.environ.get("XDG_DATA_HOME") or
-                                                          os.path.expanduser("~/.local/share"), "contrastgeo")
-print(os.environ.get("CONTRASTGEO_GAZETTEER") or os.path.join(home, "gazetteer"))
-PY
-)
+# The gazetteer folder, resolved as src/home.rs and tools/setup.sh do.
+if [ -n "${CONTRASTGEO_HOME:-}" ]; then
+  HOME_DIR=$CONTRASTGEO_HOME
+elif [ "$(uname -s)" = Darwin ]; then
+  HOME_DIR="$HOME/Library/Application Support/contrastgeo"
+else
+  HOME_DIR="${XDG_DATA_HOME:-$HOME/.local/share}/contrastgeo"
+fi
+GAZ="${CONTRASTGEO_GAZETTEER:-$HOME_DIR/gazetteer}"
 python3 "$ROOT/tools/kb/synthetic_posts.py" --gazetteer "$GAZ" --landmarks "$ROOT"/tools/kb/landmarks/*.tsv \
   --out "$OUT/synthetic" $NAMES
 "$BIN" train --data "$OUT/synthetic/synthetic.jsonl" --cities "$OUT/synthetic/cities.jsonl" --shots 4 \
