@@ -237,10 +237,11 @@ fn a_retrain_that_fails_the_gate_keeps_the_live_generation_and_says_why() {
         .map(|p| label(&p.text, p.city_id.unwrap()))
         .collect();
     store.ingest(&[], &posts).unwrap();
-    // A learning rate this high wrecks the encoder; a negative margin makes even a tie fail.
+    // The gate asks the new model to beat the live one by more than any accuracy can (a margin of
+    // -2), so it refuses whatever training gives. (A wild learning rate was used before, but on some
+    // machines the model it made still beat the live one: the test must not depend on training.)
     let mut options = quick_retrain();
-    options.train.lr = 0.5;
-    options.gate_margin = -0.01;
+    options.gate_margin = -2.0;
     let report = store.retrain(&options, &|_| {}).unwrap();
     assert!(!report.swapped, "{report:?}");
     assert!(report.gate.held_out >= 19, "{:?}", report.gate);
