@@ -78,17 +78,47 @@ impl Distance<f32> for DotDistance {
     }
 }
 
-/// Dot product, written so that the compiler vectorises it (eight independent accumulators).
+/// Dot product, written so that the compiler vectorises it (sixteen independent accumulators), compiled
+/// for AVX-512 or AVX2+FMA when the CPU has them (the build targets plain x86-64, whose SSE registers hold
+/// four floats: the graph search spends most of its time here).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let chunks_a = a.chunks_exact(8);
-    let chunks_b = b.chunks_exact(8);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { dot_avx512(a, b) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let chunks_a = a.chunks_exact(16);
+    let chunks_b = b.chunks_exact(16);
     let tail: f32 = chunks_a
         .remainder()
         .iter()
         .zip(chunks_b.remainder())
         .map(|(x, y)| x * y)
         .sum();
-    let mut lanes = [0.0f32; 8];
+    let mut lanes = [0.0f32; 16];
     for (ca, cb) in chunks_a.zip(chunks_b) {
         for ((lane, x), y) in lanes.iter_mut().zip(ca).zip(cb) {
             *lane += x * y;

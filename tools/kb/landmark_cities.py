@@ -5,10 +5,12 @@ The rule is by size and status only, never by any evaluation set. Tier 1: in the
 gazetteer city of at least 200,000 people; elsewhere every city of at least 2,000,000 people, each country's
 capital, and each country's two most populous cities. Tier 2 (the cities tier 1 leaves out): in the United
 States and Canada every city of 100,000 to 200,000 people; elsewhere every city of at least 700,000 people and
-each country's five most populous cities. Writes one TSV per region (geonameid, name, admin1 code, country
+each country's five most populous cities. Depth (a second, longer list for the tier-1 cities that posts name
+most, the `*_depth.tsv` lists): tier-1 cities of at least 500,000 people in the United States and Canada, of at
+least 1,000,000 elsewhere, and every national capital. Writes one TSV per region (geonameid, name, admin1 code, country
 code, population) to the output folder.
 
-Usage: tools/kb/landmark_cities.py --gazetteer ~/.local/share/contrastgeo/gazetteer --out /tmp/kbcities [--tier 2]
+Usage: tools/kb/landmark_cities.py --gazetteer ~/.local/share/contrastgeo/gazetteer --out /tmp/kbcities [--tier 2 | --depth]
 """
 import argparse
 import collections
@@ -36,6 +38,7 @@ def main():
     parser.add_argument("--gazetteer", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--tier", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--depth", action="store_true", help="the tier-1 cities that get a second, longer list")
     args = parser.parse_args()
     cities = list(json.load(open(os.path.join(args.gazetteer, "cities15000.json"))).values())
     countries = json.load(open(os.path.join(args.gazetteer, "countries.json")))
@@ -56,9 +59,14 @@ def main():
             return [c for c in own if 100_000 <= c["population"] < 200_000]
         return [c for c in own if c["population"] >= 700_000] + own[:5]
 
+    def depth(cc, own):
+        floor = 500_000 if cc in ("US", "CA") else 1_000_000
+        capital = capital_of.get(cc)
+        return [c for c in tier1(cc, own) if c["population"] >= floor or c["name"] == capital]
+
     for cc, own in by_country.items():
         own.sort(key=lambda c: -c["population"])
-        picks = tier1(cc, own)
+        picks = depth(cc, own) if args.depth else tier1(cc, own)
         if args.tier == 2:
             first = {c["geonameid"] for c in picks}
             picks = [c for c in tier2(cc, own) if c["geonameid"] not in first]
