@@ -2,7 +2,7 @@
 """Calibration of the answer's probability against "written within 161 km of the answered city" (issue #18).
 
   tools/calibrate.py fit   LABELLED.jsonl LOCATED.jsonl   # LOCATED from `locate --calibration 1,0`
-  tools/calibrate.py check LABELLED.jsonl LOCATED.jsonl [--plot OUT.png]
+  tools/calibrate.py check LABELLED.jsonl LOCATED.jsonl [--plot OUT.png] [--answer-accuracy 0.70]
 
 LABELLED: posts with lat/lon (e.g. sets/test.jsonl); LOCATED: `contrastgeo locate --min-confidence 0` output for
 them. Posts on odd lines are the fitting half, posts on even lines the evaluation half.
@@ -14,6 +14,9 @@ grid), and prints the evaluation half's reliability table and ECE before and aft
 
 `check` scores the probabilities as reported (a run with the calibration in place): reliability table and
 ECE on the evaluation half, and the coverage / accuracy curve per abstain threshold; `--plot` draws both.
+It also chooses the abstain threshold on the fitting half: the lowest one (in steps of 0.01, so the most posts
+answered) whose answers are within 161 km at least `--answer-accuracy` of the time, and scores it on the
+evaluation half: give it to `locate --min-confidence` (or make it the store's default).
 """
 import argparse
 import json
@@ -58,6 +61,22 @@ def load(labelled, located):
     return points
 
 
+def choose_threshold(points, answer_accuracy):
+    """The lowest threshold (0.01 steps) whose answers among points (probability, within 161 km) are within
+    161 km at least answer_accuracy of the time; None when no threshold reaches it."""
+    for step in range(0, 100):
+        t = step / 100
+        kept = [ok for p, ok in points if p >= t]
+        if kept and sum(kept) / len(kept) >= answer_accuracy:
+            return t
+    return None
+
+
+def coverage(points, t):
+    kept = [ok for p, ok in points if p >= t]
+    return len(kept) / len(points), (sum(kept) / len(kept)) if kept else None
+
+
 def table(title_a, rows_a, title_b=None, rows_b=None):
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
     if rows_b is None:
@@ -79,6 +98,8 @@ def main():
     parser.add_argument("labelled")
     parser.add_argument("located")
     parser.add_argument("--plot")
+    parser.add_argument("--answer-accuracy", type=float, default=0.70,
+                        help="the share of answers within 161 km the abstain threshold keeps on the fitting half")
     args = parser.parse_args()
     points = load(args.labelled, args.located)
     fit = [(p, ok) for line, p, ok in points if line % 2 == 1]
@@ -105,6 +126,16 @@ def main():
     print("|---|---|---|")
     for t, answered, acc in curve:
         print(f"| {t:.2f} | {answered:.3f} | {'-' if acc is None else f'{acc:.3f}'} |")
+    chosen = choose_threshold(fit, args.answer_accuracy)
+    if chosen is None:
+        print(f"abstain threshold: no threshold keeps {args.answer_accuracy:.2f} of the fitting half's answers "
+              "within 161 km")
+    else:
+        fit_answered, fit_acc = coverage(fit, chosen)
+        held_answered, held_acc = coverage(held, chosen)
+        print(f"abstain threshold for answers within 161 km >= {args.answer_accuracy:.2f} of the time: "
+              f"--min-confidence {chosen:.2f} (fitting half: {fit_answered:.1%} answered, {fit_acc:.3f} within "
+              f"161 km; evaluation half: {held_answered:.1%} answered, {held_acc:.3f} within 161 km)")
     if args.plot:
         import matplotlib
         matplotlib.use("Agg")

@@ -43,6 +43,28 @@ class CalibrateTest(unittest.TestCase):
         self.assertLess(abs(slope - 0.5), 0.25, out)
         self.assertLess(abs(intercept + 1.0), 0.5, out)
 
+    def test_the_threshold_rule_answers_the_most_posts_that_keep_the_asked_accuracy(self):
+        # Calibrated probabilities (a post with p is near with chance p), uniform on [0, 1]: the answers above t
+        # are near (1 + t) / 2 of the time, so 0.70 is first reached at t = 0.40.
+        rng = random.Random(7)
+        with tempfile.TemporaryDirectory() as folder:
+            labelled, located = os.path.join(folder, "posts.jsonl"), os.path.join(folder, "located.jsonl")
+            with open(labelled, "w") as posts, open(located, "w") as answers:
+                for line in range(1, 20001):
+                    p = rng.random()
+                    near = rng.random() < p
+                    posts.write(json.dumps({"text": "x", "lat": 0.0, "lon": 0.0}) + "\n")
+                    answers.write(json.dumps({"line": line, "probability": p, "lat": 0.0 if near else 10.0,
+                                              "lon": 0.0 if near else 10.0}) + "\n")
+            out = subprocess.run([sys.executable, os.path.join(HERE, "calibrate.py"), "check", labelled, located,
+                                  "--answer-accuracy", "0.70"], capture_output=True, text=True, check=True).stdout
+        found = re.search(r"--min-confidence ([\d.]+) \(fitting half: ([\d.]+)% answered, ([\d.]+) within", out)
+        self.assertIsNotNone(found, out)
+        threshold, answered, accuracy = map(float, found.groups())
+        self.assertLess(abs(threshold - 0.40), 0.03, out)
+        self.assertLess(abs(answered - 60.0), 3.0, out)
+        self.assertGreaterEqual(accuracy, 0.70, out)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
