@@ -166,3 +166,62 @@ fn a_knowledge_base_with_bad_rows_is_named_and_left_out_whole() {
         "{answer}"
     );
 }
+
+/// Locates `post` on the world default with the knowledge-base rows `rows` (name, kind, city id, city name);
+/// returns the best guess's city id and the name its candidate shows.
+fn locate_with_places(post: &str, rows: &[(&str, &str, u32, &str)]) -> (u64, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut places = PLACES_HEADER.to_string();
+    for (name, kind, id, city) in rows {
+        places.push_str(&format!(
+            "{name}\t{kind}\t0.0\t0.0\t{id}\t{city}\t0.0\t0.95\tlandmarks/test.tsv\n"
+        ));
+    }
+    let gazetteer = gazetteer_with_places(dir.path(), Some(&places));
+    let (code, stdout, stderr) = common::run_contrastgeo_in(
+        &["locate"],
+        format!("{post}\n").as_bytes(),
+        &[("CONTRASTGEO_GAZETTEER", gazetteer.as_os_str())],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (records, _) = common::jsonl_records(&stdout);
+    let best = &records[0]["top_k"][0];
+    (
+        best["city_id"].as_u64().unwrap(),
+        best["mention"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[test]
+fn a_rare_landmark_opening_the_post_and_a_long_name_are_matched() {
+    // "Atomium" opens the post, where a capital says nothing; it is no word of the model's vocabulary, so it
+    // is the landmark. "Sunset" opening a post is an ordinary word, not Sunset, Florida.
+    let (city, named) = locate_with_places(
+        "Atomium at sunset, fries with andalouse sauce",
+        &[("Atomium", "landmark", 2800866, "Brussels")],
+    );
+    assert_eq!((city, named.as_str()), (2800866, "Atomium"));
+    let (_, named) = locate_with_places(
+        "Sunset over the bay, what a day",
+        &[("Atomium", "landmark", 2800866, "Brussels")],
+    );
+    assert_ne!(
+        named, "Sunset",
+        "an ordinary word opening a post is not a place"
+    );
+    // Five words and more: "Palace of Culture and Science".
+    let (city, named) = locate_with_places(
+        "Palace of Culture and Science viewing deck, pierogi after",
+        &[(
+            "Palace of Culture and Science",
+            "landmark",
+            756135,
+            "Warsaw",
+        )],
+    );
+    assert_eq!(
+        (city, named.as_str()),
+        (756135, "Palace of Culture and Science")
+    );
+}

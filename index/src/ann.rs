@@ -88,7 +88,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
             // SAFETY: the CPU has AVX-512F (checked just above).
             return unsafe { dot_avx512(a, b) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
             return unsafe { dot_avx2(a, b) };
         }

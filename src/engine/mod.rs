@@ -432,8 +432,10 @@ impl Engine {
         let tables = std::iter::once(view.cities.place_names(self.gazetteer_names.as_deref()))
             .chain(self.gazetteer_names.as_deref())
             .filter(|table| !table.is_empty());
+        let tokenizer = view.snapshot.model().post_encoder().tokenizer();
+        let is_common_word = |word: &str| tokenizer.is_vocabulary_word(word);
         for table in tables {
-            for mention in table.find(text) {
+            for mention in table.find(text, &is_common_word) {
                 for place in mention.places {
                     let Some((city, _)) =
                         view.cities.nearest_within(place.lat, place.lon, MENTION_KM)

@@ -715,7 +715,7 @@ mod tests {
         let own = cities.place_names(Some(&gazetteer));
         assert!(own.has_place(7) && !own.has_place(1));
         assert_eq!(
-            own.find("Shooting at Bucktown Studios today")[0].places[0].id,
+            own.find("Shooting at Bucktown Studios today", &|_| true)[0].places[0].id,
             7
         );
         // Without a gazetteer every stored city is its own.

@@ -5,7 +5,9 @@
 //! cities, or a store's own) to the places that bear it. [`PlaceNames::find`] scans a text for them: runs of
 //! up to [`MAX_NAME_WORDS`] words whose first word is capitalised in the text (a place name, not the common
 //! word "reading" or "mobile"), longest match first, never overlapping. Each match carries every namesake with
-//! its share of their total population: "Paris" is Paris, France far more often than Paris, Texas.
+//! its share of their total population: "Paris" is Paris, France far more often than Paris, Texas. A
+//! capitalised word opening a sentence says nothing by its capital, so there a one-word name counts only when
+//! the word is not an ordinary word of the language (the caller says which are: the model's vocabulary).
 //!
 //! The place knowledge base ([`super::places`]) adds names that are not cities ("Faneuil Hall", "Heathrow"),
 //! each pointing at its city with the strength the knowledge base gives it, and airport codes ("LHR"), which
@@ -59,8 +61,9 @@ pub fn gazetteer_names() -> Option<Arc<PlaceNames>> {
         .clone()
 }
 
-/// Longest place name matched, in words ("Salt Lake City", "Rancho Santa Margarita").
-pub const MAX_NAME_WORDS: usize = 4;
+/// Longest place name matched, in words ("Salt Lake City", "Palace of Culture and Science", "Ciudad de las
+/// Artes y las Ciencias"): the knowledge base has about 1,300 names of six to eight words.
+pub const MAX_NAME_WORDS: usize = 8;
 
 /// Shortest name matched, in characters: shorter ones ("Of", "Ea") are mostly words or abbreviations.
 pub const MIN_NAME_CHARS: usize = 4;
@@ -209,34 +212,47 @@ impl PlaceNames {
     }
 
     /// The place names written in `text`, in text order (see the module documentation).
-    pub fn find(&self, text: &str) -> Vec<Mention<'_>> {
+    /// `is_common_word` tells whether a word is an ordinary word of the language (e.g. a whole word of the
+    /// model's vocabulary): a capitalised word opening a sentence counts as a one-word name only when it is
+    /// not one ("Atomium at sunset" names a place, "Sunset over the bay" does not).
+    pub fn find(&self, text: &str, is_common_word: &dyn Fn(&str) -> bool) -> Vec<Mention<'_>> {
         let words = words(text);
+        let keys: Vec<String> = words.iter().map(|w| normalise(w.text)).collect();
         let mut found = Vec::new();
         let mut at = 0;
+        let mut key = String::new();
         while at < words.len() {
             let first = &words[at];
             let capitalised = first.text.chars().next().is_some_and(char::is_uppercase);
-            // A capitalised word that opens a sentence may be any word ("Sunset over the bay"): there only a
-            // name of two words or more counts.
-            let shortest = if first.opens_sentence { 2 } else { 1 };
-            let longest = (1..=MAX_NAME_WORDS.min(words.len() - at))
-                .rev()
-                .find_map(|n| {
+            let shortest = if first.opens_sentence && is_common_word(first.text) {
+                2
+            } else {
+                1
+            };
+            // The window's key grows word by word; the longest window that is a name wins.
+            let mut longest = None;
+            key.clear();
+            for n in 1..=MAX_NAME_WORDS.min(words.len() - at) {
+                if n > 1 {
+                    key.push(' ');
+                }
+                key.push_str(&keys[at + n - 1]);
+                let places = match self.any_case.get(key.as_str()) {
+                    Some(places) if n >= 2 => Some(places),
+                    _ if capitalised && n >= shortest => self.by_name.get(key.as_str()),
+                    _ => None,
+                };
+                if let Some(places) = places {
+                    longest = Some((n, places));
+                }
+            }
+            match longest {
+                Some((n, places)) => {
                     let written = words[at..at + n]
                         .iter()
                         .map(|w| w.text)
                         .collect::<Vec<_>>()
                         .join(" ");
-                    let key = normalise(&written);
-                    let places = match self.any_case.get(&key) {
-                        Some(places) if n >= 2 => Some(places),
-                        _ if capitalised && n >= shortest => self.by_name.get(&key),
-                        _ => None,
-                    }?;
-                    Some((n, written, places))
-                });
-            match longest {
-                Some((n, written, places)) => {
                     found.push(Mention { written, places });
                     at += n;
                 }
@@ -345,6 +361,11 @@ fn normalise(name: &str) -> String {
 mod tests {
     use super::*;
 
+    /// As if every word were an ordinary word: a one-word name never counts when it opens a sentence.
+    fn every_word_common(_: &str) -> bool {
+        true
+    }
+
     fn city(id: CityId, name: &str, alternates: &[&str], population: u64) -> City {
         City {
             id,
@@ -367,13 +388,18 @@ mod tests {
             city(4, "York", &[], 150_000),
             city(5, "Reading", &[], 170_000),
             city(6, "St. Louis", &["Saint Louis"], 300_000),
+            city(8, "Austin", &[], 960_000),
+            city(9, "Palace of Culture and Science of Atlantis", &[], 20_000),
         ])
     }
 
     #[test]
     fn finds_capitalised_names_longest_first_with_namesakes_by_population() {
         let table = table();
-        let found = table.find("Flying from New York to Paris, then #saint louis and St Louis");
+        let found = table.find(
+            "Flying from New York to Paris, then #saint louis and St Louis",
+            &every_word_common,
+        );
         let written: Vec<&str> = found.iter().map(|m| m.written.as_str()).collect();
         assert_eq!(written, ["New York", "Paris", "St Louis"]);
         assert_eq!(found[0].places.len(), 1);
@@ -417,42 +443,98 @@ mod tests {
         );
         assert_eq!(unknown, 1);
         assert!(!table.has_place(99));
-        let found = table.find("Picnic by the Eiffel Tower, then LHR tonight via Camden Town");
+        let found = table.find(
+            "Picnic by the Eiffel Tower, then LHR tonight via Camden Town",
+            &every_word_common,
+        );
         let written: Vec<&str> = found.iter().map(|m| m.written.as_str()).collect();
         assert_eq!(written, ["Eiffel Tower", "LHR", "Camden Town"]);
         // A listed name of two words or more counts in lower case too.
         assert_eq!(
-            table.find("picnic by the eiffel tower")[0].written,
+            table.find("picnic by the eiffel tower", &every_word_common)[0].written,
             "eiffel tower"
         );
         assert_eq!(found[0].places[0].id, 1);
         assert_eq!((found[1].places[0].id, found[1].places[0].share), (7, 0.9));
         // The city's own coordinates, so the engine finds the stored city at distance 0.
         assert_eq!(found[2].places[0].lat, 7.0);
-        let arch = &table.find("Under Marble Arch")[0];
+        let arch = &table.find("Under Marble Arch", &every_word_common)[0];
         let shares: Vec<(CityId, f32)> = arch.places.iter().map(|p| (p.id, p.share)).collect();
         assert_eq!(shares, [(7, 0.6), (1, 0.2)]);
         // Codes only in capitals, and not in a run of capitals.
-        assert!(table.find("lhr tonight").is_empty());
-        assert!(table.find("Lhr tonight").is_empty());
-        assert!(table.find("OMG LHR AGAIN").is_empty());
-        assert_eq!(table.find("Stuck at LHR again")[0].written, "LHR");
-        assert_eq!(table.find("LHR again")[0].written, "LHR");
+        assert!(table.find("lhr tonight", &every_word_common).is_empty());
+        assert!(table.find("Lhr tonight", &every_word_common).is_empty());
+        assert!(table.find("OMG LHR AGAIN", &every_word_common).is_empty());
+        assert_eq!(
+            table.find("Stuck at LHR again", &every_word_common)[0].written,
+            "LHR"
+        );
+        assert_eq!(
+            table.find("LHR again", &every_word_common)[0].written,
+            "LHR"
+        );
     }
 
     #[test]
     fn lowercase_words_short_names_and_partial_names_are_not_places() {
         let table = table();
-        assert!(table.find("reading a book about york").is_empty());
+        assert!(table
+            .find("reading a book about york", &every_word_common)
+            .is_empty());
         // "NYC" is shorter than MIN_NAME_CHARS; "Newark" is not in the table.
-        assert!(table.find("NYC or Newark").is_empty());
+        assert!(table.find("NYC or Newark", &every_word_common).is_empty());
         // A capitalised single word opening a sentence is any word; within a sentence or as a hashtag it is
         // a place.
         assert!(table
-            .find("Reading in the park. Paris! Reading again")
+            .find(
+                "Reading in the park. Paris! Reading again",
+                &every_word_common
+            )
             .is_empty());
-        assert_eq!(table.find("Off to Reading")[0].written, "Reading");
-        assert_eq!(table.find("#Reading is home")[0].written, "Reading");
-        assert_eq!(table.find("New York is big")[0].written, "New York");
+        assert_eq!(
+            table.find("Off to Reading", &every_word_common)[0].written,
+            "Reading"
+        );
+        assert_eq!(
+            table.find("#Reading is home", &every_word_common)[0].written,
+            "Reading"
+        );
+        assert_eq!(
+            table.find("New York is big", &every_word_common)[0].written,
+            "New York"
+        );
+    }
+
+    #[test]
+    fn a_rare_word_opening_a_sentence_is_a_name_and_an_ordinary_one_is_not() {
+        let table = table();
+        let english =
+            |word: &str| matches!(word.to_lowercase().as_str(), "reading" | "paris" | "off");
+        // "Paris" and "Reading" are ordinary words of this vocabulary: opening a sentence, they say nothing.
+        assert!(table
+            .find("Reading in the park. Paris! Reading again", &english)
+            .is_empty());
+        // "Austin" is not: opening the post or a sentence, it is the place.
+        let found = table.find("Austin at night. Austin again", &english);
+        assert_eq!(
+            found.iter().map(|m| m.written.as_str()).collect::<Vec<_>>(),
+            ["Austin", "Austin"]
+        );
+        assert!(table.find("Austin at night", &every_word_common).is_empty());
+        // Lower case is never a one-word name, rare or not.
+        assert!(table.find("austin at night", &english).is_empty());
+    }
+
+    #[test]
+    fn names_of_up_to_eight_words_are_found() {
+        let table = table();
+        let found = table.find(
+            "Night at the Palace of Culture and Science of Atlantis",
+            &every_word_common,
+        );
+        assert_eq!(
+            found[0].written,
+            "Palace of Culture and Science of Atlantis"
+        );
     }
 }

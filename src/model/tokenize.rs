@@ -5,6 +5,7 @@
 //! posts of similar length (length bucketing). Truncation keeps the first `max_length` tokens.
 
 use candle_core::{Device, Tensor};
+use tokenizers::Normalizer;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::error::{ModelError, Result};
@@ -66,6 +67,24 @@ impl PostTokenizer {
             .into_iter()
             .map(|e| e.get_ids().to_vec())
             .collect())
+    }
+
+    /// Whether `word`, as a post writes it, is a whole entry of the vocabulary after the tokenizer's own
+    /// normalisation (lower case and no accents for an uncased model): a word common enough in the model's
+    /// training text to have a token of its own ("sunset", "reading", "boston"), unlike a rare name
+    /// ("Atomium", "Schönbrunn").
+    pub fn is_vocabulary_word(&self, word: &str) -> bool {
+        let normalised = match self.inner.get_normalizer() {
+            Some(normalizer) => {
+                let mut text = tokenizers::NormalizedString::from(word);
+                if normalizer.normalize(&mut text).is_err() {
+                    return false;
+                }
+                text.get().to_owned()
+            }
+            None => word.to_owned(),
+        };
+        self.inner.token_to_id(&normalised).is_some()
     }
 
     /// Pads `sequences` to the longest of them and puts them on `device`.
