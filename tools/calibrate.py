@@ -10,7 +10,9 @@ them. Posts on odd lines are the fitting half, posts on even lines the evaluatio
 `fit` fits Platt scaling, p' = sigmoid(slope * logit(p) + intercept), to the answers' reported probabilities on
 the fitting half (the pair with the least expected calibration error, ECE over 10 equal-width bins, on a
 grid), and prints the evaluation half's reliability table and ECE before and after it: give the pair to
-`locate --calibration SLOPE,INTERCEPT` (or make it the store's default).
+`locate --calibration SLOPE,INTERCEPT` (or make it the store's default). Answers whose city the post names by a
+known place of the knowledge base (`mention_known_place` on the answered candidate) get a pair of their own,
+fitted on them alone: `locate --known-place-calibration SLOPE,INTERCEPT`.
 
 `check` scores the probabilities as reported (a run with the calibration in place): reliability table and
 ECE on the evaluation half, and the coverage / accuracy curve per abstain threshold; `--plot` draws both.
@@ -51,13 +53,15 @@ def platt(p, slope, intercept):
 def load(labelled, located):
     truth = [json.loads(line) for line in open(labelled) if line.strip()]
     answers = {r["line"]: r for r in (json.loads(line) for line in open(located) if line.strip())}
-    points = []  # (line, probability, within 161 km)
+    points = []  # (line, probability, within 161 km, named by a known place)
     for line, post in enumerate(truth, start=1):
         answer = answers.get(line)
         if answer is None or answer.get("lat") is None:
             continue
         near = km(post["lat"], post["lon"], answer["lat"], answer["lon"]) <= 161.0
-        points.append((line, answer["probability"], near))
+        top = (answer.get("top_k") or [{}])[0]
+        known = bool(top.get("mention_known_place")) and top.get("city_id") == answer.get("city_id")
+        points.append((line, answer["probability"], near, known))
     return points
 
 
@@ -102,16 +106,29 @@ def main():
                         help="the share of answers within 161 km the abstain threshold keeps on the fitting half")
     args = parser.parse_args()
     points = load(args.labelled, args.located)
-    fit = [(p, ok) for line, p, ok in points if line % 2 == 1]
-    held = [(p, ok) for line, p, ok in points if line % 2 == 0]
+    fit = [(p, ok) for line, p, ok, _ in points if line % 2 == 1]
+    held = [(p, ok) for line, p, ok, _ in points if line % 2 == 0]
     print(f"posts: {len(points)} (fitting half {len(fit)}, evaluation half {len(held)}); "
-          f"Acc@161km of the answers: {sum(ok for _, _, ok in points) / len(points):.3f}")
+          f"Acc@161km of the answers: {sum(ok for _, _, ok, _ in points) / len(points):.3f}")
     if args.mode == "fit":
         grid = [(s / 20, i / 20) for s in range(2, 61) for i in range(-80, 41)]
-        slope, intercept = min(grid, key=lambda g: reliability([(platt(p, *g), ok) for p, ok in fit])[1])
+        best = lambda sample: min(grid, key=lambda g: reliability([(platt(p, *g), ok) for p, ok in sample])[1])
+        general_fit = [(p, ok) for line, p, ok, known in points if line % 2 == 1 and not known]
+        known_fit = [(p, ok) for line, p, ok, known in points if line % 2 == 1 and known]
+        slope, intercept = best(general_fit)
+        pairs = {False: (slope, intercept), True: best(known_fit) if known_fit else (slope, intercept)}
         before_rows, before = reliability(held)
-        after_rows, after = reliability([(platt(p, slope, intercept), ok) for p, ok in held])
+        after_rows, after = reliability([(platt(p, *pairs[known]), ok)
+                                         for line, p, ok, known in points if line % 2 == 0])
         print(f"Platt scaling: --calibration {slope},{intercept}; ECE on the evaluation half {before:.3f} -> {after:.3f}")
+        known_held = [(p, ok) for line, p, ok, known in points if line % 2 == 0 and known]
+        if known_fit:
+            k_slope, k_intercept = pairs[True]
+            _, known_before = reliability([(platt(p, slope, intercept), ok) for p, ok in known_held])
+            _, known_after = reliability([(platt(p, k_slope, k_intercept), ok) for p, ok in known_held])
+            print(f"answers named by a known place ({len(known_fit)} of the fitting half, {len(known_held)} of the "
+                  f"evaluation half): --known-place-calibration {k_slope},{k_intercept}; their ECE on the "
+                  f"evaluation half with the general pair {known_before:.3f}, with their own {known_after:.3f}")
         table("as reported", before_rows, "calibrated", after_rows)
         return
     rows, ece = reliability(held)

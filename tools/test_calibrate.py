@@ -65,6 +65,40 @@ class CalibrateTest(unittest.TestCase):
         self.assertLess(abs(answered - 60.0), 3.0, out)
         self.assertGreaterEqual(accuracy, 0.70, out)
 
+    def test_answers_named_by_a_known_place_get_a_pair_of_their_own(self):
+        # Answers without a known place: overconfident, as above. Answers named by a known place (a landmark):
+        # right more often than they say, sigmoid(logit(p) + 1.5).
+        rng = random.Random(19)
+        with tempfile.TemporaryDirectory() as folder:
+            labelled, located = os.path.join(folder, "posts.jsonl"), os.path.join(folder, "located.jsonl")
+            with open(labelled, "w") as posts, open(located, "w") as answers:
+                for line in range(1, 8001):
+                    known = line % 3 == 0
+                    p = min(max(rng.betavariate(2, 2), 0.01), 0.99)
+                    logit = math.log(p / (1 - p))
+                    chance = sigmoid(logit + 1.5) if known else sigmoid(0.5 * logit - 1.0)
+                    near = rng.random() < chance
+                    posts.write(json.dumps({"text": "x", "lat": 0.0, "lon": 0.0}) + "\n")
+                    top = {"city_id": 7, "mention": "Atomium", "mention_known_place": True} if known else {"city_id": 7}
+                    answers.write(json.dumps({"line": line, "city_id": 7, "probability": p, "top_k": [top],
+                                              "lat": 0.0 if near else 10.0, "lon": 0.0 if near else 10.0}) + "\n")
+            out = subprocess.run([sys.executable, os.path.join(HERE, "calibrate.py"), "fit", labelled, located],
+                                 capture_output=True, text=True, check=True).stdout
+        general = re.search(r"--calibration ([-\d.]+),([-\d.]+);", out)
+        known = re.search(r"--known-place-calibration ([-\d.]+),([-\d.]+); their ECE on the evaluation half "
+                          r"with the general pair ([\d.]+), with their own ([\d.]+)", out)
+        self.assertIsNotNone(general, out)
+        self.assertIsNotNone(known, out)
+        slope, intercept = map(float, general.groups())
+        k_slope, k_intercept, with_general, with_own = map(float, known.groups())
+        self.assertLess(abs(slope - 0.5), 0.25, out)
+        self.assertLess(abs(intercept + 1.0), 0.5, out)
+        # ECE does not pin the pair down on one group's narrow range of probabilities; what matters is that
+        # their own pair raises them (at p = 0.5 the truth is 0.82) and calibrates them.
+        self.assertGreater(sigmoid(k_intercept), 0.7, out)
+        self.assertGreater(with_general, 0.15, out)
+        self.assertLess(with_own, 0.06, out)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

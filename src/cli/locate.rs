@@ -103,6 +103,11 @@ pub struct EngineArgs {
     /// yours].
     #[arg(long, env = "CONTRASTGEO_CALIBRATION", value_parser = flags::calibration)]
     pub calibration: Option<crate::engine::Calibration>,
+    /// Calibration, `SLOPE,INTERCEPT`, of the answers whose city the post names by a known place of the
+    /// knowledge base (a landmark, team, airport...) [default: the world store's on the zero-shot world store
+    /// when `--calibration` is not given either; otherwise `--calibration` for every answer].
+    #[arg(long, env = "CONTRASTGEO_KNOWN_PLACE_CALIBRATION", value_parser = flags::calibration)]
+    pub known_place_calibration: Option<crate::engine::Calibration>,
     /// Support posts matched by their words (BM25) per post; their cities join the candidates (0: vectors
     /// only).
     #[arg(long, env = "CONTRASTGEO_LEXICAL_HITS", default_value_t = EngineConfig::default().lexical_hits)]
@@ -148,6 +153,7 @@ impl EngineArgs {
             collapse_km: self.collapse_km,
             min_confidence: self.min_confidence.unwrap_or(0.0),
             calibration: self.calibration.unwrap_or_default(),
+            known_place_calibration: self.known_place_calibration,
             lexical_hits: self.lexical_hits,
             lexical_weight: self.lexical_weight,
             vote_weight: self.vote_weight,
@@ -174,6 +180,9 @@ impl EngineArgs {
         }
         if store.is_none() && self.mention_weight.is_none() {
             config.mention_weight = crate::engine::WORLD_MENTION_WEIGHT;
+        }
+        if store.is_none() && self.calibration.is_none() && self.known_place_calibration.is_none() {
+            config.known_place_calibration = Some(crate::engine::WORLD_KNOWN_PLACE_CALIBRATION);
         }
         if store.is_none() && self.calibration.is_none() {
             config.calibration = crate::engine::WORLD_CALIBRATION;

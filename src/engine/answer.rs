@@ -38,6 +38,12 @@ pub struct Candidate {
     /// 50 km of it), when one does; it added `mention_weight * strength` to the city's score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mention: Option<String>,
+    /// Whether a place the post names here is a known place of the knowledge base (a landmark,
+    /// neighbourhood, street, venue, team, university, park, region or airport), not only a city's or
+    /// town's name: the world store calibrates the answers such a name points at on their own (see
+    /// [`super::EngineConfig::known_place_calibration`]). Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mention_known_place: bool,
     /// The city's share of the BM25 score of the support posts that share the post's words, when any of
     /// its posts does; it added `lexical_weight * share` to the city's score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,6 +135,7 @@ impl Candidate {
             support_similarity: scored.support_similarity,
             tlm_logit: None,
             mention: scored.mention.clone(),
+            mention_known_place: scored.mention_known_place,
             lexical_share: scored.lexical_share,
             label_score: (scored.label_bonus != 0.0).then_some(scored.label_bonus),
         }
@@ -243,8 +250,21 @@ impl Default for Calibration {
 }
 
 impl Answer {
-    /// The answer with its probability calibrated (see [`Calibration`]).
-    pub(crate) fn calibrated(mut self, calibration: Calibration) -> Self {
+    /// The answer with its probability calibrated (see [`Calibration`]): by `known_place` when it is given
+    /// and the answered city is named by a known place of the knowledge base, else by `calibration`.
+    pub(crate) fn calibrated(
+        mut self,
+        calibration: Calibration,
+        known_place: Option<Calibration>,
+    ) -> Self {
+        let named = self
+            .top_k
+            .first()
+            .is_some_and(|c| c.city_id == self.city_id && c.mention_known_place);
+        let calibration = match known_place {
+            Some(known_place) if named => known_place,
+            _ => calibration,
+        };
         self.probability = calibration.apply(self.probability);
         self
     }
@@ -295,9 +315,50 @@ mod tests {
             support_similarity: None,
             tlm_logit: None,
             mention: None,
+            mention_known_place: false,
             lexical_share: None,
             label_score: None,
         }
+    }
+
+    #[test]
+    fn an_answer_named_by_a_known_place_is_calibrated_by_its_own_pair() {
+        let general = Calibration {
+            slope: 0.5,
+            intercept: -2.0,
+        };
+        let known = Calibration {
+            slope: 0.5,
+            intercept: 0.0,
+        };
+        let answer = |named: bool| {
+            let mut candidates = vec![candidate(1, 2.0), candidate(2, 1.0)];
+            candidates[0].mention = Some("Atomium".into());
+            candidates[0].mention_known_place = named;
+            Answer::from_ranked(candidates, Vec::new()).unwrap()
+        };
+        let raw = answer(true).probability;
+        assert_eq!(
+            answer(true).calibrated(general, Some(known)).probability,
+            known.apply(raw)
+        );
+        assert_eq!(
+            answer(false).calibrated(general, Some(known)).probability,
+            general.apply(raw)
+        );
+        // Without a pair of their own, every answer takes the general one.
+        assert_eq!(
+            answer(true).calibrated(general, None).probability,
+            general.apply(raw)
+        );
+        // A known place naming a city other than the answer does not count.
+        let mut candidates = vec![candidate(1, 2.0), candidate(2, 1.0)];
+        candidates[1].mention_known_place = true;
+        let other = Answer::from_ranked(candidates, Vec::new()).unwrap();
+        assert_eq!(
+            other.calibrated(general, Some(known)).probability,
+            general.apply(raw)
+        );
     }
 
     #[test]

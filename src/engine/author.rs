@@ -178,6 +178,7 @@ pub(crate) fn aggregate(
                     profile_similarity: None,
                     profile_bonus: 0.0,
                     mention: None,
+                    mention_known_place: false,
                     mention_bonus: 0.0,
                     lexical_share: None,
                     lexical_bonus: 0.0,
@@ -218,7 +219,7 @@ pub(crate) fn aggregate(
         .unwrap_or_default();
     Some(AuthorAnswer {
         answer: Answer::from_ranked(candidates, evidence)?
-            .calibrated(scoring.calibration)
+            .calibrated(scoring.calibration, None)
             .abstain_below(scoring.min_confidence),
         posts_used: posts.len(),
         weighing_posts: weighing,

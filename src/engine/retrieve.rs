@@ -40,6 +40,8 @@ pub struct CityScore {
     pub profile_bonus: f32,
     /// The place name written in the post that points at this city, when one does.
     pub mention: Option<String>,
+    /// Whether a name pointing here is a known place of the knowledge base ([`MentionedCity::known_place`]).
+    pub mention_known_place: bool,
     /// What the mention adds when ranking: `mention_weight * strength` (0 without one).
     pub mention_bonus: f32,
     /// The city's share of the BM25 score of the post's lexical matches, when any support post matched.
@@ -165,6 +167,9 @@ pub struct MentionedCity {
     /// How surely the post's names mean this city, in (0, 1]: per name, its namesakes' population share of
     /// the places that lie within reach of this city; summed over names, capped at 1.
     pub strength: f32,
+    /// Whether a name pointing here is a known place of the knowledge base (see
+    /// [`crate::geo::mentions::Place::known`]), not only a city's or town's name.
+    pub known_place: bool,
 }
 
 /// What a post says besides its vector: its author's profile location and the places it names.
@@ -226,6 +231,7 @@ pub fn score_city(query: &[f32], entry: &CityEntry, prompt_weight: f32) -> Optio
         profile_similarity: None,
         profile_bonus: 0.0,
         mention: None,
+        mention_known_place: false,
         mention_bonus: 0.0,
         lexical_share: None,
         lexical_bonus: 0.0,
@@ -253,6 +259,7 @@ pub fn score_for_ranking(
     }
     if let Some(mentioned) = evidence.mentions.iter().find(|m| m.city == entry.city.id) {
         score.mention = Some(mentioned.written.clone());
+        score.mention_known_place = mentioned.known_place;
         score.mention_bonus = evidence.mention_weight * mentioned.strength;
     }
     let city = entry.city.id;
@@ -394,6 +401,7 @@ mod tests {
             city: 2,
             written: "city 2".into(),
             strength: 0.5,
+            known_place: true,
         }];
         let evidence = PostEvidence {
             mentions: &mentions,
@@ -405,6 +413,7 @@ mod tests {
         assert_eq!(ranked.len(), 1);
         assert_eq!(ranked[0].city, 2);
         assert_eq!(ranked[0].mention.as_deref(), Some("city 2"));
+        assert!(ranked[0].mention_known_place);
         assert!((ranked[0].ranking() - 1.0).abs() < 1e-6);
     }
 

@@ -79,6 +79,10 @@ pub struct Place {
     pub lon: f64,
     /// Its share of the population of every place bearing the same name (1 for a unique name).
     pub share: f32,
+    /// Whether it is a place of the knowledge base's lists or an airport (a landmark, neighbourhood,
+    /// street, venue, team, university, park, region or airport), not a city, town or village: such a name
+    /// is specific to one city, so an answer it names is right more often than its probability says.
+    pub known: bool,
 }
 
 /// A place name found in a text.
@@ -117,6 +121,7 @@ impl PlaceNames {
                 lat: city.lat,
                 lon: city.lon,
                 share: 1.0,
+                known: false,
             };
             let mut keys: Vec<String> = std::iter::once(&city.name)
                 .chain(&city.alternate_names)
@@ -173,6 +178,7 @@ impl PlaceNames {
                 lat: city.lat,
                 lon: city.lon,
                 share: known.strength,
+                known: known.kind != PlaceKind::Place,
             };
             if known.kind == PlaceKind::AirportCode {
                 self.codes
