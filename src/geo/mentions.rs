@@ -229,7 +229,7 @@ impl PlaceNames {
         let mut key = String::new();
         while at < words.len() {
             let first = &words[at];
-            let capitalised = first.text.chars().next().is_some_and(char::is_uppercase);
+            let capitalised = is_capitalised(first);
             let shortest = if first.opens_sentence && is_common_word(first.text) {
                 2
             } else {
@@ -237,15 +237,22 @@ impl PlaceNames {
             };
             // The window's key grows word by word; the longest window that is a name wins.
             let mut longest = None;
+            let mut later_capital = false;
             key.clear();
             for n in 1..=MAX_NAME_WORDS.min(words.len() - at) {
                 if n > 1 {
                     key.push(' ');
+                    later_capital |= is_capitalised(&words[at + n - 1]);
                 }
                 key.push_str(&keys[at + n - 1]);
+                // Opening a sentence, the first capital says nothing: a place's name of several words needs
+                // a capital further on too ("Hot Springs", not "Hot springs in Beitou").
+                let written_as_name = capitalised
+                    && n >= shortest
+                    && (n == 1 || !first.opens_sentence || later_capital);
                 let places = match self.any_case.get(key.as_str()) {
                     Some(places) if n >= 2 => Some(places),
-                    _ if capitalised && n >= shortest => self.by_name.get(key.as_str()),
+                    _ if written_as_name => self.by_name.get(key.as_str()),
                     _ => None,
                 };
                 if let Some(places) = places {
@@ -304,6 +311,11 @@ struct Word<'a> {
     text: &'a str,
     /// Whether it is the text's first word or follows a '.', '!', '?' or line break (a hashtag never is).
     opens_sentence: bool,
+}
+
+/// Whether the word starts with a capital letter.
+fn is_capitalised(word: &Word) -> bool {
+    word.text.chars().next().is_some_and(char::is_uppercase)
 }
 
 /// A text's words (see [`Word`]); other punctuation, '#' and '@' separate them.
@@ -529,6 +541,21 @@ mod tests {
         assert!(table.find("Austin at night", &every_word_common).is_empty());
         // Lower case is never a one-word name, rare or not.
         assert!(table.find("austin at night", &english).is_empty());
+    }
+
+    #[test]
+    fn a_name_of_several_words_opening_a_sentence_needs_a_later_capital() {
+        let table = table();
+        assert!(table.find("New york is big", &every_word_common).is_empty());
+        assert_eq!(
+            table.find("New York is big", &every_word_common)[0].written,
+            "New York"
+        );
+        // Inside a sentence the first capital is enough.
+        assert_eq!(
+            table.find("Off to New york", &every_word_common)[0].written,
+            "New york"
+        );
     }
 
     #[test]
