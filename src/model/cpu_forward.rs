@@ -9,7 +9,7 @@
 //! - calls `gemm` directly on the live weight storage (no copy: an optimiser step shows at once), with bias
 //!   and residual fused into the product (the destination is pre-filled and accumulated into);
 //! - runs one batch per core with single-threaded kernels (no synchronisation between ops), or one batch
-//!   with gemm split over the cores when there is only one batch;
+//!   split over the cores when there is only one batch, each core computing its own block of output columns;
 //! - evaluates GELU with an erf approximation (absolute error under 6e-7 in f32) and softmax with an exp
 //!   approximation (relative error about 1e-7), both branch-free loops the compiler vectorises.
 //!
