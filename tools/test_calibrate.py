@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tests of tools/calibrate.py on a fixture whose true calibration is known (stdlib unittest).
+"""Tests of tools/calibrate.py on fixtures whose true calibration is known (stdlib unittest).
 Run: python3 tools/test_calibrate.py"""
 import json
 import math
@@ -18,23 +18,31 @@ def sigmoid(x):
     return 1 / (1 + math.exp(-x))
 
 
+def run_calibrate(mode, answers, *flags):
+    """Writes a labelled-posts file and a located file for `answers` (one (probability, near, extra fields) per
+    post, line numbers from 1: a right answer at the post, a wrong one about 1,500 km away) and returns what
+    `calibrate.py MODE` prints for them."""
+    with tempfile.TemporaryDirectory() as folder:
+        labelled, located = os.path.join(folder, "posts.jsonl"), os.path.join(folder, "located.jsonl")
+        with open(labelled, "w") as posts, open(located, "w") as out:
+            for line, (p, near, extra) in enumerate(answers, start=1):
+                posts.write(json.dumps({"text": "x", "lat": 0.0, "lon": 0.0}) + "\n")
+                out.write(json.dumps({"line": line, "probability": p, "lat": 0.0 if near else 10.0,
+                                      "lon": 0.0 if near else 10.0, **extra}) + "\n")
+        return subprocess.run([sys.executable, os.path.join(HERE, "calibrate.py"), mode, labelled, located, *flags],
+                              capture_output=True, text=True, check=True).stdout
+
+
 class CalibrateTest(unittest.TestCase):
     def test_fit_recovers_an_overconfident_model_and_lowers_the_error(self):
         # Reported probabilities whose real chance of being within 161 km is sigmoid(0.5 logit(p) - 1): an
         # overconfident engine, like the world store's softmax.
         rng = random.Random(18)
-        with tempfile.TemporaryDirectory() as folder:
-            labelled, located = os.path.join(folder, "posts.jsonl"), os.path.join(folder, "located.jsonl")
-            with open(labelled, "w") as posts, open(located, "w") as answers:
-                for line in range(1, 2001):
-                    p = min(max(rng.betavariate(2, 1), 0.01), 0.99)
-                    near = rng.random() < sigmoid(0.5 * math.log(p / (1 - p)) - 1.0)
-                    posts.write(json.dumps({"text": "x", "lat": 0.0, "lon": 0.0}) + "\n")
-                    # a right answer at the post, a wrong one about 1,500 km away
-                    answers.write(json.dumps({"line": line, "probability": p, "lat": 0.0 if near else 10.0,
-                                              "lon": 0.0 if near else 10.0}) + "\n")
-            out = subprocess.run([sys.executable, os.path.join(HERE, "calibrate.py"), "fit", labelled, located],
-                                 capture_output=True, text=True, check=True).stdout
+        answers = []
+        for _ in range(2000):
+            p = min(max(rng.betavariate(2, 1), 0.01), 0.99)
+            answers.append((p, rng.random() < sigmoid(0.5 * math.log(p / (1 - p)) - 1.0), {}))
+        out = run_calibrate("fit", answers)
         found = re.search(r"--calibration ([-\d.]+),([-\d.]+); ECE on the evaluation half ([\d.]+) -> ([\d.]+)", out)
         self.assertIsNotNone(found, out)
         slope, intercept, before, after = map(float, found.groups())
@@ -47,17 +55,11 @@ class CalibrateTest(unittest.TestCase):
         # Calibrated probabilities (a post with p is near with chance p), uniform on [0, 1]: the answers above t
         # are near (1 + t) / 2 of the time, so 0.70 is first reached at t = 0.40.
         rng = random.Random(7)
-        with tempfile.TemporaryDirectory() as folder:
-            labelled, located = os.path.join(folder, "posts.jsonl"), os.path.join(folder, "located.jsonl")
-            with open(labelled, "w") as posts, open(located, "w") as answers:
-                for line in range(1, 20001):
-                    p = rng.random()
-                    near = rng.random() < p
-                    posts.write(json.dumps({"text": "x", "lat": 0.0, "lon": 0.0}) + "\n")
-                    answers.write(json.dumps({"line": line, "probability": p, "lat": 0.0 if near else 10.0,
-                                              "lon": 0.0 if near else 10.0}) + "\n")
-            out = subprocess.run([sys.executable, os.path.join(HERE, "calibrate.py"), "check", labelled, located,
-                                  "--answer-accuracy", "0.70"], capture_output=True, text=True, check=True).stdout
+        answers = []
+        for _ in range(20000):
+            p = rng.random()
+            answers.append((p, rng.random() < p, {}))
+        out = run_calibrate("check", answers, "--answer-accuracy", "0.70")
         found = re.search(r"--min-confidence ([\d.]+) \(fitting half: ([\d.]+)% answered, ([\d.]+) within", out)
         self.assertIsNotNone(found, out)
         threshold, answered, accuracy = map(float, found.groups())
@@ -69,28 +71,22 @@ class CalibrateTest(unittest.TestCase):
         # Answers without a known place: overconfident, as above. Answers named by a known place (a landmark):
         # right more often than they say, sigmoid(logit(p) + 1.5).
         rng = random.Random(19)
-        with tempfile.TemporaryDirectory() as folder:
-            labelled, located = os.path.join(folder, "posts.jsonl"), os.path.join(folder, "located.jsonl")
-            with open(labelled, "w") as posts, open(located, "w") as answers:
-                for line in range(1, 8001):
-                    known = line % 3 == 0
-                    p = min(max(rng.betavariate(2, 2), 0.01), 0.99)
-                    logit = math.log(p / (1 - p))
-                    chance = sigmoid(logit + 1.5) if known else sigmoid(0.5 * logit - 1.0)
-                    near = rng.random() < chance
-                    posts.write(json.dumps({"text": "x", "lat": 0.0, "lon": 0.0}) + "\n")
-                    top = {"city_id": 7, "mention": "Atomium", "mention_known_place": True} if known else {"city_id": 7}
-                    answers.write(json.dumps({"line": line, "city_id": 7, "probability": p, "top_k": [top],
-                                              "lat": 0.0 if near else 10.0, "lon": 0.0 if near else 10.0}) + "\n")
-            out = subprocess.run([sys.executable, os.path.join(HERE, "calibrate.py"), "fit", labelled, located],
-                                 capture_output=True, text=True, check=True).stdout
+        answers = []
+        for line in range(1, 8001):
+            known = line % 3 == 0
+            p = min(max(rng.betavariate(2, 2), 0.01), 0.99)
+            logit = math.log(p / (1 - p))
+            near = rng.random() < (sigmoid(logit + 1.5) if known else sigmoid(0.5 * logit - 1.0))
+            top = {"city_id": 7, "mention": "Atomium", "mention_known_place": True} if known else {"city_id": 7}
+            answers.append((p, near, {"city_id": 7, "top_k": [top]}))
+        out = run_calibrate("fit", answers)
         general = re.search(r"--calibration ([-\d.]+),([-\d.]+);", out)
         known = re.search(r"--known-place-calibration ([-\d.]+),([-\d.]+); their ECE on the evaluation half "
                           r"with the general pair ([\d.]+), with their own ([\d.]+)", out)
         self.assertIsNotNone(general, out)
         self.assertIsNotNone(known, out)
         slope, intercept = map(float, general.groups())
-        k_slope, k_intercept, with_general, with_own = map(float, known.groups())
+        _, k_intercept, with_general, with_own = map(float, known.groups())
         self.assertLess(abs(slope - 0.5), 0.25, out)
         self.assertLess(abs(intercept + 1.0), 0.5, out)
         # ECE does not pin the pair down on one group's narrow range of probabilities; what matters is that

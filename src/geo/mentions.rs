@@ -384,6 +384,11 @@ mod tests {
         true
     }
 
+    /// The first name `table` finds in `text`, as written.
+    fn first_name(table: &PlaceNames, text: &str, common: &dyn Fn(&str) -> bool) -> String {
+        table.find(text, common)[0].written.clone()
+    }
+
     fn city(id: CityId, name: &str, alternates: &[&str], population: u64) -> City {
         City {
             id,
@@ -469,7 +474,7 @@ mod tests {
         assert_eq!(written, ["Eiffel Tower", "LHR", "Camden Town"]);
         // A listed name of two words or more counts in lower case too.
         assert_eq!(
-            table.find("picnic by the eiffel tower", &every_word_common)[0].written,
+            first_name(&table, "picnic by the eiffel tower", &every_word_common),
             "eiffel tower"
         );
         assert_eq!(found[0].places[0].id, 1);
@@ -484,13 +489,10 @@ mod tests {
         assert!(table.find("Lhr tonight", &every_word_common).is_empty());
         assert!(table.find("OMG LHR AGAIN", &every_word_common).is_empty());
         assert_eq!(
-            table.find("Stuck at LHR again", &every_word_common)[0].written,
+            first_name(&table, "Stuck at LHR again", &every_word_common),
             "LHR"
         );
-        assert_eq!(
-            table.find("LHR again", &every_word_common)[0].written,
-            "LHR"
-        );
+        assert_eq!(first_name(&table, "LHR again", &every_word_common), "LHR");
     }
 
     #[test]
@@ -510,15 +512,15 @@ mod tests {
             )
             .is_empty());
         assert_eq!(
-            table.find("Off to Reading", &every_word_common)[0].written,
+            first_name(&table, "Off to Reading", &every_word_common),
             "Reading"
         );
         assert_eq!(
-            table.find("#Reading is home", &every_word_common)[0].written,
+            first_name(&table, "#Reading is home", &every_word_common),
             "Reading"
         );
         assert_eq!(
-            table.find("New York is big", &every_word_common)[0].written,
+            first_name(&table, "New York is big", &every_word_common),
             "New York"
         );
     }
@@ -548,12 +550,12 @@ mod tests {
         let table = table();
         assert!(table.find("New york is big", &every_word_common).is_empty());
         assert_eq!(
-            table.find("New York is big", &every_word_common)[0].written,
+            first_name(&table, "New York is big", &every_word_common),
             "New York"
         );
         // Inside a sentence the first capital is enough.
         assert_eq!(
-            table.find("Off to New york", &every_word_common)[0].written,
+            first_name(&table, "Off to New york", &every_word_common),
             "New york"
         );
     }
