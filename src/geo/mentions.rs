@@ -230,11 +230,6 @@ impl PlaceNames {
         while at < words.len() {
             let first = &words[at];
             let capitalised = is_capitalised(first);
-            let shortest = if first.opens_sentence && is_common_word(first.text) {
-                2
-            } else {
-                1
-            };
             // The window's key grows word by word; the longest window that is a name wins.
             let mut longest = None;
             let mut later_capital = false;
@@ -246,13 +241,14 @@ impl PlaceNames {
                 }
                 key.push_str(&keys[at + n - 1]);
                 // Opening a sentence, the first capital says nothing: a place's name of several words needs
-                // a capital further on too ("Hot Springs", not "Hot springs in Beitou").
-                let written_as_name = capitalised
-                    && n >= shortest
-                    && (n == 1 || !first.opens_sentence || later_capital);
+                // a capital further on too ("Hot Springs", not "Hot springs in Beitou"), and a one-word name
+                // must not be an ordinary word (asked only once the word is a name, off the common path).
                 let places = match self.any_case.get(key.as_str()) {
                     Some(places) if n >= 2 => Some(places),
-                    _ if written_as_name => self.by_name.get(key.as_str()),
+                    _ if capitalised && (n == 1 || !first.opens_sentence || later_capital) => self
+                        .by_name
+                        .get(key.as_str())
+                        .filter(|_| n >= 2 || !first.opens_sentence || !is_common_word(first.text)),
                     _ => None,
                 };
                 if let Some(places) = places {
