@@ -22,7 +22,7 @@ counterpart of ORT's spinning on/off): `st_default` (torch as installed: OpenMP 
 sleeping) and `st_passive` (OMP_WAIT_POLICY=PASSIVE; far faster when the cores are oversubscribed). Its
 ratios (each and best_st) and cosine agreement are printed too.
 `--make-cuda-stubs` writes the CUDA library stand-ins that let PyPI's CUDA torch wheel import without its
-nvidia-* wheels (see tools/peer_bench.sh).
+nvidia-* wheels (tools/peers/torch_cpu.py, as `python tools/peers/torch_cpu.py`; see tools/peers/torch_cpu.sh).
 
 ORT is timed from tokenization to pooled unit vectors (its session is made once, outside the timing).
 `contrastgeo` is timed as a whole process (start-up and model load, tokenization, JSON output included: a
@@ -35,11 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-
-import re
-import shutil
 
 import numpy as np
 import onnx
@@ -48,12 +44,8 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-
-def data_home():
-    if os.environ.get("CONTRASTGEO_HOME"):
-        return os.environ["CONTRASTGEO_HOME"]
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(base, "contrastgeo")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
+from torch_cpu import data_home, make_cuda_stubs, st_model  # noqa: E402 (tools/peers/torch_cpu.py)
 
 
 def read_posts(path, count):
@@ -240,87 +232,6 @@ def contrastgeo_in_process(binary, lines, threads):
     return json.loads(done.stdout)["seconds"]
 
 
-def make_cuda_stubs():
-    """Writes stand-ins for the CUDA libraries that torch's .so files link into torch/lib (on their RPATH).
-
-    For each library that a torch .so names as NEEDED and that is neither in torch/lib nor on the system
-    (libcudart.so.13, libcublas.so.13, libcudnn.so.9, libnccl.so.2, ...): every symbol imported from it, with
-    its symbol version (readelf), as a C function returning 100 (cudaErrorNoDevice), or a zeroed array for data
-    symbols, compiled with cc under that version. Unversioned imports (cuFile*, cusparseLt*, nccl*) go to their
-    library by prefix. Nothing of it runs unless CUDA is asked for: torch.cuda.is_available() stays False.
-    """
-    import importlib.util
-    lib = os.path.join(importlib.util.find_spec("torch").submodule_search_locations[0], "lib")
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler or not shutil.which("readelf"):
-        sys.exit("peer_bench: --make-cuda-stubs needs cc and readelf (binutils)")
-    marker = os.path.join(lib, "peer_bench_cuda_stubs.txt")
-    stubs = set(open(marker).read().split()) if os.path.exists(marker) else set()
-
-    def readelf(flag, path):
-        return subprocess.run(["readelf", flag, "-W", path], capture_output=True, text=True, check=True).stdout
-
-    def present(soname):
-        if soname in stubs:
-            return False
-        if os.path.exists(os.path.join(lib, soname)):
-            return True
-        return subprocess.run(["sh", "-c", f"ldconfig -p | grep -qF '{soname} '"]).returncode == 0
-
-    # libcaffe2_nvrtc.so is only dlopen'ed when NVRTC is used; it also needs libcuda.so.1 (the driver).
-    objects = [os.path.join(lib, f) for f in sorted(os.listdir(lib))
-               if ".so" in f and f not in stubs and f != "libcaffe2_nvrtc.so"]
-    missing, version_file, imports = set(), {}, []
-    for path in objects:
-        dynamic = readelf("-d", path)
-        missing |= {n for n in re.findall(r"\(NEEDED\).*\[(\S+)\]", dynamic) if not present(n)}
-        current = None
-        for line in readelf("-V", path).split("Version needs")[-1].splitlines():
-            found = re.search(r"File: (\S+)", line)
-            if found:
-                current = found.group(1)
-            named = re.search(r"Name: (\S+)", line)
-            if named and current:
-                version_file[named.group(1)] = current
-        for line in readelf("--dyn-syms", path).splitlines():
-            fields = line.split()
-            if len(fields) >= 8 and fields[6] == "UND" and fields[4] == "GLOBAL" and fields[7]:
-                name, _, version = fields[7].partition("@")
-                imports.append((name, version.lstrip("@").split("(")[0], fields[3]))
-    prefixes = {"libcufile.so.0": "cuFile", "libcusparseLt.so.0": "cusparseLt", "libnccl.so.2": "nccl"}
-    symbols = {soname: {} for soname in missing}
-    for name, version, kind in imports:
-        soname = version_file.get(version) if version else next(
-            (so for so, prefix in prefixes.items() if name.startswith(prefix)), None)
-        if soname in symbols:
-            symbols[soname][name] = (version, kind)
-    with tempfile.TemporaryDirectory() as tmp:
-        for soname, entries in sorted(symbols.items()):
-            source = ['static const char stub_message[] = "CUDA library stub (peer_bench: torch without CUDA)";',
-                      "static char stub_zero[4096] __attribute__((aligned(64)));"]
-            for name, (version, kind) in sorted(entries.items()):
-                if kind in ("OBJECT", "TLS"):
-                    source.append(f"char {name}[4096] __attribute__((aligned(64)));")
-                elif name.endswith(("GetErrorString", "GetErrorName")):
-                    source.append(f"const char *{name}(void) {{ return stub_message; }}")
-                elif name.startswith("__cudaRegisterFatBinary") and not name.endswith("End"):
-                    source.append(f"void *{name}(void) {{ return stub_zero; }}")
-                else:
-                    source.append(f"long {name}(void) {{ return 100; }}")
-            versions = sorted({version for version, _ in entries.values() if version})
-            c_path, map_path = os.path.join(tmp, soname + ".c"), os.path.join(tmp, soname + ".map")
-            with open(c_path, "w") as f:
-                f.write("\n".join(source) + "\n")
-            with open(map_path, "w") as f:
-                f.write("".join(f"{v} {{ global: *; }};\n" for v in versions) or "{ global: *; };\n")
-            subprocess.run([compiler, "-shared", "-fPIC", "-w", "-o", os.path.join(lib, soname), c_path,
-                            f"-Wl,-soname,{soname}", f"-Wl,--version-script={map_path}"], check=True)
-            stubs.add(soname)
-            print(f"peer_bench: stub {soname}: {len(entries)} symbols", file=sys.stderr)
-    with open(marker, "w") as f:
-        f.write("\n".join(sorted(stubs)) + "\n")
-
-
 def st_worker(args, model_dir):
     """One sentence-transformers peer: writes its vectors, says ready, then encodes the posts per stdin line."""
     import sentence_transformers
@@ -361,26 +272,6 @@ class StPeer:
     def close(self):
         self.process.stdin.close()
         self.process.wait()
-
-
-def st_model(model_dir, threads):
-    """sentence-transformers' all-MiniLM-L6-v2 from the local directory, no hub access, on CPU."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    import torch
-    import transformers
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
-    encoder = Transformer(model_dir, max_seq_length=128)
-    dimension = json.load(open(os.path.join(model_dir, "config.json")))["hidden_size"]
-    model = SentenceTransformer(modules=[encoder, Pooling(dimension, "mean"), Normalize()], device="cpu")
-    model.eval()
-    return model
 
 
 def st_embed(model, texts, batch_size):

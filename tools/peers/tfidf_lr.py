@@ -99,15 +99,54 @@ class Test:
         }
 
 
+def predictions(classes, log_p, test):
+    """Per post the argmax city of its log probabilities; per author the argmax of their summed log probabilities."""
+    pred = classes[log_p.argmax(axis=1)]
+    author_pred = np.array([classes[log_p[rows].sum(axis=0).argmax()] for rows in test.authors])
+    return pred, author_pred
+
+
+def record(results, method, k, seed, support, test, pred, author_pred, fit_s, extra):
+    """Scores one run into results[method][k]["seeds"][seed] and prints its line."""
+    metrics = {m: round(float(v), 4) for m, v in test.score(pred, author_pred).items()}
+    results[method].setdefault(k, {"seeds": {}})["seeds"][seed] = {
+        "support_posts": len(support), "fit_s": round(fit_s, 3), **extra, **metrics}
+    print(f"{method:9} K={k:>3} seed={seed} support={len(support):6} fit {fit_s:7.2f} s  "
+          + "  ".join(f"{m} {metrics[m]:.3f}" for m in METRICS), flush=True)
+
+
+def write_report(out, stem, report, caption):
+    """Adds the mean over seeds to every method and K of report["methods"], writes OUT/{stem}.json and OUT/{stem}.md
+    (caption, then the table) and returns the table's lines."""
+    for per_k in report["methods"].values():
+        for entry in per_k.values():
+            entry["mean"] = {m: round(float(np.mean([s[m] for s in entry["seeds"].values()])), 4)
+                             for m in METRICS + ["fit_s"]}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(report, f, indent=1)
+        f.write("\n")
+    lines = [caption,
+             "",
+             "| method | K | Acc@1 | macro Acc@1 | unnamed Acc@1 | Acc@161km | authors>=5 Acc@161km |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for method, per_k in report["methods"].items():
+        for k, entry in sorted(per_k.items(), key=lambda kv: float("inf") if kv[0] == "all" else int(kv[0])):
+            m = entry["mean"]
+            lines.append(f"| {method} | {k} | " + " | ".join(f"{m[x]:.3f}" for x in
+                         ("acc1", "macro_acc1", "unnamed_acc1", "acc161", "author_acc161")) + " |")
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines
+
+
 def tfidf_lr(support, test):
     start = time.perf_counter()
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)
     x = vectorizer.fit_transform([p["text"] for p in support])
     model = LogisticRegression(C=10, max_iter=1000).fit(x, [int(p["city_id"]) for p in support])
     fit_s = time.perf_counter() - start
-    log_p = model.predict_log_proba(vectorizer.transform(test.texts))
-    pred = model.classes_[log_p.argmax(axis=1)]
-    author_pred = np.array([model.classes_[log_p[rows].sum(axis=0).argmax()] for rows in test.authors])
+    pred, author_pred = predictions(model.classes_, model.predict_log_proba(vectorizer.transform(test.texts)), test)
     return pred, author_pred, fit_s, {"features": x.shape[1], "iterations": int(model.n_iter_.max())}
 
 
@@ -140,16 +179,7 @@ def main():
     for _, k, seed, path in sorted(runs):
         support = read_jsonl(path)
         for method, run in (("tfidf_lr", tfidf_lr), ("majority", majority)):
-            pred, author_pred, fit_s, extra = run(support, test)
-            metrics = {m: round(float(v), 4) for m, v in test.score(pred, author_pred).items()}
-            results[method].setdefault(k, {"seeds": {}})["seeds"][seed] = {
-                "support_posts": len(support), "fit_s": round(fit_s, 3), **extra, **metrics}
-            print(f"{method:9} K={k:>3} seed={seed} support={len(support):6} fit {fit_s:7.2f} s  "
-                  + "  ".join(f"{m} {metrics[m]:.3f}" for m in METRICS), flush=True)
-    for per_k in results.values():
-        for entry in per_k.values():
-            entry["mean"] = {m: round(float(np.mean([s[m] for s in entry["seeds"].values()])), 4)
-                             for m in METRICS + ["fit_s"]}
+            record(results, method, k, seed, support, test, *run(support, test))
     total = time.perf_counter() - total
     print(f"total {total:.1f} s")
 
@@ -165,23 +195,10 @@ def main():
         "total_s": round(total, 1),
         "methods": results,
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "peers.json"), "w") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
-    lines = [f"Peer baselines on {len(test.truth)} test posts ({report['test_unnamed']} unnamed, "
-             f"{len(test.authors)} authors with >= 5 posts); mean over seeds. tools/peers/run.sh, "
-             + ", ".join(f"{p} {v}" for p, v in report["versions"].items()) + ".",
-             "",
-             "| method | K | Acc@1 | macro Acc@1 | unnamed Acc@1 | Acc@161km | authors>=5 Acc@161km |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for method, per_k in results.items():
-        for k, entry in sorted(per_k.items(), key=lambda kv: float("inf") if kv[0] == "all" else int(kv[0])):
-            m = entry["mean"]
-            lines.append(f"| {method} | {k} | " + " | ".join(f"{m[x]:.3f}" for x in
-                         ("acc1", "macro_acc1", "unnamed_acc1", "acc161", "author_acc161")) + " |")
-    with open(os.path.join(args.out, "peers.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    lines = write_report(args.out, "peers", report,
+                         f"Peer baselines on {len(test.truth)} test posts ({report['test_unnamed']} unnamed, "
+                         f"{len(test.authors)} authors with >= 5 posts); mean over seeds. tools/peers/run.sh, "
+                         + ", ".join(f"{p} {v}" for p, v in report["versions"].items()) + ".")
     print("\n".join(lines[2:]))
 
 
