@@ -327,6 +327,29 @@ impl LabelHead {
         weight * trust * log_odds
     }
 
+    /// The part of [`LabelHead::bonus`] that is the same for every post: `weight * n / (n + shrink) *
+    /// ln(C n / N)`, the head's label-count prior (a logistic regression's probabilities average to the
+    /// label frequencies it was fitted on). Combining several posts of one author takes it out of each post
+    /// and counts it once; 0 for a city the head has no labels of, and for every city of a balanced store.
+    pub fn prior_bonus(&self, city: CityId, weight: f32, shrink: f32) -> f32 {
+        let Some(&class) = self.class_of.get(&city) else {
+            return 0.0;
+        };
+        let labels = self.labels[class] as f32;
+        let total = self.labels.iter().sum::<usize>() as f32;
+        let trust = labels / (labels + shrink);
+        let log_ratio = (self.classes.len() as f32 * labels / total).ln();
+        weight * trust * log_ratio
+    }
+
+    /// The share of the store's labelled posts that `city` holds (0 for a city without labels).
+    pub fn label_share(&self, city: CityId) -> f32 {
+        let Some(&class) = self.class_of.get(&city) else {
+            return 0.0;
+        };
+        self.labels[class] as f32 / self.labels.iter().sum::<usize>().max(1) as f32
+    }
+
     /// The `count` cities the head finds likeliest for a post, best first.
     pub fn top_cities(&self, scores: &HeadScores, count: usize) -> Vec<CityId> {
         let mut ranked: Vec<usize> = (0..self.classes.len()).collect();
@@ -429,6 +452,31 @@ mod tests {
         let refit = LabelHead::fit(&examples, &config).unwrap();
         let again = refit.log_probabilities("Kinnick was loud", &flat);
         assert_eq!(refit.top_cities(&again, 1), [3]);
+    }
+
+    #[test]
+    fn the_label_count_prior_is_what_a_post_without_evidence_gets() {
+        let flat = [0.0f32];
+        let mut examples: Vec<LabelledExample> = (0..30)
+            .map(|_| example(1, "big city post", &flat))
+            .collect();
+        examples.extend((0..10).map(|_| example(2, "small town post", &flat)));
+        let config = HeadConfig::default();
+        let head = LabelHead::fit(&examples, &config).unwrap();
+        let prior = |city| head.prior_bonus(city, config.weight, config.shrink);
+        assert!(prior(1) > 0.0 && prior(2) < 0.0, "{} {}", prior(1), prior(2));
+        assert_eq!((prior(99), head.label_share(99)), (0.0, 0.0));
+        assert!((head.label_share(1) - 0.75).abs() < 1e-6);
+        // A post of words the head never saw scores its cities by their label counts: the prior is the
+        // order of what the head says of it, and the same order as its bonus.
+        let nothing = head.log_probabilities("unseen words", &flat);
+        let bonus = |city| head.bonus(&nothing, city, config.weight, config.shrink);
+        assert!(bonus(1) > bonus(2));
+        let balanced: Vec<LabelledExample> = (0..10)
+            .flat_map(|_| [example(1, "a", &flat), example(2, "b", &flat)])
+            .collect();
+        let head = LabelHead::fit(&balanced, &config).unwrap();
+        assert_eq!(head.prior_bonus(1, config.weight, config.shrink), 0.0);
     }
 
     #[test]
