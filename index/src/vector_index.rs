@@ -112,44 +112,39 @@ impl VectorIndex {
         model_version: &str,
         options: IndexOptions,
     ) -> Result<VectorIndex> {
-        Self::open_inner(dir.as_ref(), model_version, options, false)
+        Self::open_inner(dir.as_ref(), model_version, options, false, |_| ()).map(|(index, ())| index)
     }
 
-    fn open_inner(
+    /// [`VectorIndex::open`], running `alongside` on the record store on this thread while another loads
+    /// the graph: loading the graph dump is most of the time opening takes (about half a second for 34k
+    /// vectors on 2 cores), and a caller's own reads of the store (its city table) need not wait for it.
+    pub fn open_alongside<R>(
+        dir: impl AsRef<Path>,
+        model_version: &str,
+        options: IndexOptions,
+        alongside: impl FnOnce(&Store) -> R,
+    ) -> Result<(VectorIndex, R)> {
+        Self::open_inner(dir.as_ref(), model_version, options, false, alongside)
+    }
+
+    fn open_inner<R>(
         dir: &Path,
         model_version: &str,
         options: IndexOptions,
         hold_rebuild: bool,
-    ) -> Result<VectorIndex> {
+        alongside: impl FnOnce(&Store) -> R,
+    ) -> Result<(VectorIndex, R)> {
         let store = Store::open(dir)?;
         dump::recover_interrupted_dump(dir)?;
-        let generation = match store.model_version()? {
-            Some(stored) if stored != model_version => {
-                tracing::warn!(
-                    store = %stored,
-                    expected = %model_version,
-                    "the index holds another model's embeddings; rebuild it with `contrastgeo index build`"
-                );
-                Generation::ModelMismatch { store: stored }
-            }
-            stored => {
-                if stored.is_none() {
-                    store.set_model_version(model_version)?;
-                }
-                match load_graph(dir, &store, model_version, options) {
-                    Ok(index) => Generation::Graph(Arc::new(index)),
-                    Err(StoreError::UnusableDump { path, reason }) => {
-                        tracing::warn!(
-                            path = %path.display(),
-                            %reason,
-                            "graph dump unusable; answering with exact search while the graph is rebuilt"
-                        );
-                        Generation::Exact { reason }
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-        };
+        let (generation, beside) = std::thread::scope(|scope| {
+            let generation = scope.spawn(|| Self::load_generation(dir, &store, model_version, options));
+            let beside = alongside(&store);
+            let generation = generation
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (generation, beside)
+        });
+        let generation = generation?;
         let needs_rebuild = matches!(generation, Generation::Exact { .. });
         let index = VectorIndex {
             shared: Arc::new(Shared {
@@ -172,7 +167,44 @@ impl VectorIndex {
         if needs_rebuild {
             index.spawn_background_rebuild()?;
         }
-        Ok(index)
+        Ok((index, beside))
+    }
+
+    /// What the store's vectors can be searched with: the graph dump caught up with the store, exact search
+    /// while an unusable dump is rebuilt, or nothing for another model's embeddings.
+    fn load_generation(
+        dir: &Path,
+        store: &Store,
+        model_version: &str,
+        options: IndexOptions,
+    ) -> Result<Generation> {
+        Ok(match store.model_version()? {
+            Some(stored) if stored != model_version => {
+                tracing::warn!(
+                    store = %stored,
+                    expected = %model_version,
+                    "the index holds another model's embeddings; rebuild it with `contrastgeo index build`"
+                );
+                Generation::ModelMismatch { store: stored }
+            }
+            stored => {
+                if stored.is_none() {
+                    store.set_model_version(model_version)?;
+                }
+                match load_graph(dir, store, model_version, options) {
+                    Ok(index) => Generation::Graph(Arc::new(index)),
+                    Err(StoreError::UnusableDump { path, reason }) => {
+                        tracing::warn!(
+                            path = %path.display(),
+                            %reason,
+                            "graph dump unusable; answering with exact search while the graph is rebuilt"
+                        );
+                        Generation::Exact { reason }
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        })
     }
 
     /// The record store (cities, support posts, vectors). Write vectors through
@@ -765,7 +797,8 @@ mod tests {
             let vectors = dumped_index(dir.path(), 600, 24);
             damage(&dump::graph_dir(dir.path()));
 
-            let index = VectorIndex::open_inner(dir.path(), MODEL, IndexOptions::default(), true)
+            let (index, ()) =
+                VectorIndex::open_inner(dir.path(), MODEL, IndexOptions::default(), true, |_| ())
                 .expect("open succeeds despite the dump");
             match index.status() {
                 IndexStatus::Rebuilding { reason } => {

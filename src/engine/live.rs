@@ -744,8 +744,10 @@ fn open_generation(
 /// saved and current but not fitted otherwise ([`Snapshot::open_deferring_head`]): the caller applies
 /// pending labels first, then fits it once. How a store and a replica open a generation.
 pub fn open_generation_dir(dir: &Path, device: &Device, config: &EngineConfig) -> Result<Snapshot> {
-    let model = GeoModel::load(&dir.join(MODEL_DIR), device)?;
-    Snapshot::open_deferring_head(&dir.join(INDEX_DIR), Arc::new(model), config)
+    let model_dir = dir.join(MODEL_DIR);
+    let model_id = GeoModel::read_config(&model_dir)?.model_id;
+    let load = || Ok(Arc::new(GeoModel::load(&model_dir, device)?));
+    Snapshot::open_loading_model(&dir.join(INDEX_DIR), &model_id, load, config)
 }
 
 /// Applies labels the snapshot's index lacks, in sequence order, skipping those at or below its label

@@ -210,15 +210,10 @@ pub fn open_store(
 
 /// The model id recorded in a checkpoint directory, without loading its weights.
 pub fn checkpoint_model_id(dir: &Path) -> Result<String, OpenError> {
-    let path = dir.join("contrastgeo.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| OpenError::Checkpoint {
-        path: path.clone(),
-        why: e.to_string(),
-    })?;
-    crate::model::GeoModelConfig::from_json(&text)
+    GeoModel::read_config(dir)
         .map(|config| config.model_id)
         .map_err(|why| OpenError::Checkpoint {
-            path,
+            path: dir.join(crate::model::geo_model::CONFIG_FILE),
             why: why.to_string(),
         })
 }

@@ -22,7 +22,8 @@ use crate::geo::City;
 
 /// Version of the checkpoint layout written by [`GeoModel::save`].
 pub const CHECKPOINT_FORMAT: u32 = 1;
-const CONFIG_FILE: &str = "contrastgeo.json";
+/// The checkpoint's configuration file in its directory.
+pub const CONFIG_FILE: &str = "contrastgeo.json";
 const HEAD_FILE: &str = "head.safetensors";
 const LOCATION_FILE: &str = "location_encoder.safetensors";
 
@@ -154,8 +155,9 @@ impl GeoModel {
         })
     }
 
-    /// Loads a checkpoint directory written by [`GeoModel::save`].
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+    /// The configuration of the checkpoint in `dir` (its model id, prompts, encoder settings), without
+    /// loading its weights; refuses a checkpoint of another format.
+    pub fn read_config(dir: &Path) -> Result<GeoModelConfig> {
         let config_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::BadConfig {
             path: config_path.clone(),
@@ -177,6 +179,12 @@ impl GeoModel {
                 ),
             });
         }
+        Ok(config)
+    }
+
+    /// Loads a checkpoint directory written by [`GeoModel::save`].
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config = Self::read_config(dir)?;
         let files = ModelFiles::in_dir(dir)?;
         let bert = read_config(&files.config)?;
         let post_encoder = TextEncoder::load_with_weights(
