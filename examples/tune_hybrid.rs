@@ -80,6 +80,7 @@ fn main() -> anyhow::Result<()> {
                 h.embedding_scale.to_bits(),
                 h.min_posts_per_term,
                 h.char_ngrams,
+                h.prior_strength.to_bits(),
             )
         };
         if config.head.weight > 0.0 && fit_settings(&config.head) != fit_settings(&fitted) {

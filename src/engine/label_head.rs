@@ -47,6 +47,9 @@ pub struct HeadConfig {
     /// Also read the character 3- to 5-grams of each word (with its boundaries): hashtags that run words
     /// together, misspellings and inflections share them with the labelled posts' words.
     pub char_ngrams: bool,
+    /// How much of the label-count prior the ranking keeps (1: all of it, as fitted; 0: none, as if every
+    /// city had as many labels).
+    pub prior_strength: f32,
 }
 
 impl Default for HeadConfig {
@@ -61,6 +64,7 @@ impl Default for HeadConfig {
             min_posts_per_term: 1,
             min_posts: 2,
             char_ngrams: false,
+            prior_strength: 1.0,
         }
     }
 }
@@ -325,6 +329,7 @@ impl LabelHead {
         let trust = labels / (labels + shrink);
         let log_odds = scores.log_probs[class] + (self.classes.len() as f32).ln();
         weight * trust * log_odds
+            - (1.0 - self.config.prior_strength) * self.prior_bonus(city, weight, shrink)
     }
 
     /// The part of [`LabelHead::bonus`] that is the same for every post: `weight * n / (n + shrink) *
