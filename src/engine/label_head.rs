@@ -477,6 +477,17 @@ mod tests {
         let nothing = head.log_probabilities("unseen words", &flat);
         let bonus = |city| head.bonus(&nothing, city, config.weight, config.shrink);
         assert!(bonus(1) > bonus(2));
+        // What the prior stands for: over the posts it was fitted on, the head's probabilities average to
+        // the label shares.
+        let mean_share = |city: CityId| {
+            let class = head.class_of[&city];
+            examples
+                .iter()
+                .map(|e| head.log_probabilities(e.text, e.embedding).log_probs[class].exp())
+                .sum::<f32>()
+                / examples.len() as f32
+        };
+        assert!((mean_share(1) - 0.75).abs() < 0.05, "{}", mean_share(1));
         let balanced: Vec<LabelledExample> = (0..10)
             .flat_map(|_| [example(1, "a", &flat), example(2, "b", &flat)])
             .collect();
