@@ -112,7 +112,8 @@ impl VectorIndex {
         model_version: &str,
         options: IndexOptions,
     ) -> Result<VectorIndex> {
-        Self::open_inner(dir.as_ref(), model_version, options, false, |_| ()).map(|(index, ())| index)
+        Self::open_inner(dir.as_ref(), model_version, options, false, |_| ())
+            .map(|(index, ())| index)
     }
 
     /// [`VectorIndex::open`], running `alongside` on the record store on this thread while another loads
@@ -137,7 +138,8 @@ impl VectorIndex {
         let store = Store::open(dir)?;
         dump::recover_interrupted_dump(dir)?;
         let (generation, beside) = std::thread::scope(|scope| {
-            let generation = scope.spawn(|| Self::load_generation(dir, &store, model_version, options));
+            let generation =
+                scope.spawn(|| Self::load_generation(dir, &store, model_version, options));
             let beside = alongside(&store);
             let generation = generation
                 .join()
@@ -799,7 +801,7 @@ mod tests {
 
             let (index, ()) =
                 VectorIndex::open_inner(dir.path(), MODEL, IndexOptions::default(), true, |_| ())
-                .expect("open succeeds despite the dump");
+                    .expect("open succeeds despite the dump");
             match index.status() {
                 IndexStatus::Rebuilding { reason } => {
                     assert!(reason.contains(expected_reason), "{name}: {reason}")
