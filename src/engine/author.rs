@@ -130,8 +130,7 @@ pub(crate) fn aggregate(
             f64::from((prior.of(e.city.population) + label_count_prior(city)) / scoring.tau)
         })
     };
-    let prior_once =
-        rule == AuthorRule::Product && (prior.weight > 0.0 || scoring.head.is_some());
+    let prior_once = rule == AuthorRule::Product && (prior.weight > 0.0 || scoring.head.is_some());
     let distributions: Vec<Vec<f64>> = posts
         .iter()
         .map(|located| {

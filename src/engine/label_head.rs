@@ -469,7 +469,12 @@ mod tests {
         let config = HeadConfig::default();
         let head = LabelHead::fit(&examples, &config).unwrap();
         let prior = |city| head.prior_bonus(city, config.weight, config.shrink);
-        assert!(prior(1) > 0.0 && prior(2) < 0.0, "{} {}", prior(1), prior(2));
+        assert!(
+            prior(1) > 0.0 && prior(2) < 0.0,
+            "{} {}",
+            prior(1),
+            prior(2)
+        );
         assert_eq!((prior(99), head.label_share(99)), (0.0, 0.0));
         assert!((head.label_share(1) - 0.75).abs() < 1e-6);
         // A post of words the head never saw scores its cities by their label counts: the prior is the
