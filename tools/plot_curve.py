@@ -2,7 +2,9 @@
 """The learning curve: Acc@1 and macro Acc@1 against labels per city, contrastgeo's engine vs its peers.
 
 Reads the engine's reports (every `reports/curve/*/report.json` written by `contrastgeo eval ... --out`) and the peers' (`tools/peers/run.sh`, `reports/curve/peers/peers.json`), writes
-`reports/curve/curve.png` and prints the Markdown table the README quotes.
+`reports/curve/curve.png` and prints the Markdown table the README quotes. The SetFit peer
+(`tools/peers/run_setfit.sh`, `reports/curve/setfit/setfit.json`) joins the plot and the table when that file exists
+(mean over the seeds it holds).
 
     python3 tools/plot_curve.py [--curve reports/curve]
 
@@ -37,8 +39,8 @@ def engine_rows(curve):
     return rows
 
 
-def peer_rows(curve):
-    path = os.path.join(curve, "peers", "peers.json")
+def peer_rows(curve, name="peers"):
+    path = os.path.join(curve, name, f"{name}.json")
     return json.load(open(path)) if os.path.exists(path) else {}
 
 
@@ -53,20 +55,24 @@ def main():
     args = parser.parse_args()
     engine = engine_rows(args.curve)
     peers = peer_rows(args.curve)
+    setfit = peer_rows(args.curve, "setfit")
     ks = [k for k in ORDER if k in engine]
 
     print("| labels per city | seeds | engine Acc@1 / macro / unnamed / Acc@161km | "
-          "TF-IDF LR Acc@1 / macro / unnamed / Acc@161km | majority Acc@1 | zero-shot Acc@1 | "
-          "authors >= 5 posts: engine / LR Acc@161km |")
-    print("|---|---|---|---|---|---|---|")
+          "TF-IDF LR Acc@1 / macro / unnamed / Acc@161km | SetFit Acc@1 / macro / unnamed / Acc@161km | "
+          "majority Acc@1 | zero-shot Acc@1 | authors >= 5 posts: engine / LR / SetFit Acc@161km |")
+    print("|---|---|---|---|---|---|---|---|")
     fmt = lambda x: "-" if x is None else f"{x:.3f}"
     for k in ks:
         e = engine[k]["engine"]
-        lr = [peer_metric(peers, "tfidf_lr", k, key) for key in ("acc1", "macro_acc1", "unnamed_acc1", "acc161")]
+        lr, sf = ([peer_metric(source, method, k, key) for key in ("acc1", "macro_acc1", "unnamed_acc1", "acc161")]
+                  for source, method in ((peers, "tfidf_lr"), (setfit, "setfit")))
+        sf = " / ".join(map(fmt, sf)) if any(x is not None for x in sf) else "-"
         print(f"| {k} | {engine[k]['seeds']} | {e['overall']['acc1']:.3f} / {e['macro_avg']['acc1']:.3f} / "
-              f"{e['unnamed']['acc1']:.3f} / {e['overall']['acc161']:.3f} | {' / '.join(map(fmt, lr))} | "
+              f"{e['unnamed']['acc1']:.3f} / {e['overall']['acc161']:.3f} | {' / '.join(map(fmt, lr))} | {sf} | "
               f"{fmt(peer_metric(peers, 'majority', k, 'acc1'))} | {engine[k]['zero-shot']['overall']['acc1']:.3f} | "
-              f"{fmt(engine[k]['authors'].get('acc161'))} / {fmt(peer_metric(peers, 'tfidf_lr', k, 'author_acc161'))} |")
+              f"{fmt(engine[k]['authors'].get('acc161'))} / {fmt(peer_metric(peers, 'tfidf_lr', k, 'author_acc161'))}"
+              f" / {fmt(peer_metric(setfit, 'setfit', k, 'author_acc161'))} |")
 
     import matplotlib
     matplotlib.use("Agg")
@@ -76,10 +82,13 @@ def main():
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
     for ax, (title, key, peer_key) in zip(axes, [("Acc@1", "overall", "acc1"), ("macro Acc@1", "macro_avg", "macro_acc1")]):
         ax.plot(xs, [engine[k]["engine"][key]["acc1"] for k in ks], "o-", label="contrastgeo engine", color="C0")
-        for method, label, colour in [("tfidf_lr", "TF-IDF logistic regression", "C1"), ("majority", "majority", "C7")]:
-            ys = [peer_metric(peers, method, k, peer_key) for k in ks]
+        for source, method, label, style, colour in [
+                (peers, "tfidf_lr", "TF-IDF logistic regression", "s--", "C1"),
+                (setfit, "setfit", "SetFit (all-MiniLM-L6-v2, 20 pair iterations)", "D-.", "C3"),
+                (peers, "majority", "majority", "s--", "C7")]:
+            ys = [peer_metric(source, method, k, peer_key) for k in ks]
             if any(y is not None for y in ys):
-                ax.plot([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], "s--", label=label, color=colour)
+                ax.plot([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], style, label=label, color=colour)
         zero = engine[ks[0]]["zero-shot"][key]["acc1"] if ks else None
         if zero is not None:
             ax.axhline(zero, color="C2", linestyle=":", label="zero-shot (prompts only)")

@@ -146,8 +146,21 @@ def tfidf_lr(support, test):
     x = vectorizer.fit_transform([p["text"] for p in support])
     model = LogisticRegression(C=10, max_iter=1000).fit(x, [int(p["city_id"]) for p in support])
     fit_s = time.perf_counter() - start
-    pred, author_pred = predictions(model.classes_, model.predict_log_proba(vectorizer.transform(test.texts)), test)
-    return pred, author_pred, fit_s, {"features": x.shape[1], "iterations": int(model.n_iter_.max())}
+    log_p = model.predict_log_proba(vectorizer.transform(test.texts))
+    pred, author_pred = predictions(model.classes_, log_p, test)
+    return pred, author_pred, fit_s, {"features": x.shape[1], "iterations": int(model.n_iter_.max()),
+                                      "author_acc161_prior_once": author_acc161_prior_once(model, log_p, support, test)}
+
+
+def author_acc161_prior_once(model, log_p, support, test):
+    """Authors' Acc@161km when the label-count prior (the support set's city shares, which a logistic regression's
+    probabilities hold) is taken out of each post's log probabilities and counted once, as the engine's author
+    rule does (src/engine/author.rs); the reported author_acc161 sums the posts' log probabilities as they are."""
+    counts = Counter(int(p["city_id"]) for p in support)
+    log_prior = np.log(np.array([counts[c] for c in model.classes_]) / len(support))
+    author_pred = np.array([model.classes_[(log_p[rows].sum(axis=0) - (len(rows) - 1) * log_prior).argmax()]
+                            for rows in test.authors])
+    return round(float((km(*test.centre(author_pred), *test.centre(test.author_truth)) <= 161.0).mean()), 4)
 
 
 def majority(support, test):
