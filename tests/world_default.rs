@@ -11,6 +11,17 @@ use std::path::PathBuf;
 /// two fail and why).
 const WITHIN_161_KM_FLOOR: usize = 6;
 
+/// One process owns a store, and another waits only two seconds for its lock: the tests here all run the
+/// binary on the data home's one world store, so they take turns (a loaded machine can hold a `locate` open
+/// for longer than that).
+static WORLD_STORE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn world_store_turn() -> std::sync::MutexGuard<'static, ()> {
+    WORLD_STORE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     contrastgeo::geo::haversine_km(lat1, lon1, lat2, lon2)
 }
@@ -19,8 +30,10 @@ fn km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 fn the_world_default_answers_the_readme_samples_or_abstains_honestly() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let posts = root.join("examples/posts.txt");
+    let turn = world_store_turn();
     let (code, stdout, stderr) =
         common::run_contrastgeo(&["locate", "--input", posts.to_str().unwrap()], b"");
+    drop(turn);
     assert_eq!(code, 0, "{stderr}");
     let (records, lines) = common::jsonl_records(&stdout);
     let expected: Vec<serde_json::Value> =
@@ -99,6 +112,7 @@ const BOSTON_POST: &str = "Walked the Freedom Trail then clam chowder at Faneuil
 /// Locates `BOSTON_POST` on the world default with the gazetteer folder `gazetteer`; returns the answer and
 /// stderr.
 fn locate_boston_post(gazetteer: &std::path::Path) -> (serde_json::Value, String) {
+    let _turn = world_store_turn();
     let (code, stdout, stderr) = common::run_contrastgeo_in(
         &["locate"],
         BOSTON_POST.as_bytes(),
@@ -178,6 +192,7 @@ fn locate_with_places(post: &str, rows: &[(&str, &str, u32, &str)]) -> (u64, Str
         ));
     }
     let gazetteer = gazetteer_with_places(dir.path(), Some(&places));
+    let _turn = world_store_turn();
     let (code, stdout, stderr) = common::run_contrastgeo_in(
         &["locate"],
         format!("{post}\n").as_bytes(),
