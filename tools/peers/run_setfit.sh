@@ -12,9 +12,10 @@
 # --no-deps. Then runs tools/peers/setfit_peer.py, which writes OUT/setfit.json after every finished run and
 # OUT/setfit.md. The model is the data home's all-MiniLM-L6-v2 directory, loaded offline (HF_HUB_OFFLINE=1).
 # One torch thread by default (OMP/MKL threads 1): seed 0 of K=1..16 first, then seed 1, then seed 2.
-# Time (2-core VM, 1 torch thread, the other core busy): ~1.0 s per step of 16 pairs, 150 K steps per run, then
-# ~175 s to encode the 18,902 test posts: K=1 ~5.5 min, K=16 ~43 min, one seed of K=1..16 ~92 min, all 15 runs
-# ~4.6 h (fit_s, predict_s per run and total_s in OUT/setfit.json). The recipe is not shrunk to fit.
+# Time (2-core VM, 1 torch thread, the other core busy with another job), seed 0: 0.87-1.0 steps of 16 pairs per
+# second, 150 K steps per run; fit 152 / 331 / 666 / 1378 / 2765 s for K = 1 / 2 / 4 / 8 / 16, plus 175-187 s to
+# encode the 18,902 test posts each: 6,185 s (1 h 43 min) for one seed of K = 1..16, so ~5.2 h for all 15 runs
+# (fit_s, predict_s per run and total_s in OUT/setfit.json). The recipe is not shrunk to fit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${SETFIT_VENV:-target/setfit-venv}
