@@ -42,7 +42,7 @@ from setfit import SetFitModel, Trainer, TrainingArguments  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tfidf_lr import METRICS, Test, predictions, read_jsonl, record, write_report  # noqa: E402
+from tfidf_lr import METRICS, Test, predictions, read_jsonl, record, report_header, write_report  # noqa: E402
 from torch_cpu import data_home, st_model  # noqa: E402
 
 RECIPE = {"num_iterations": 20, "num_epochs": 1, "batch_size": 16}
@@ -103,11 +103,7 @@ def main():
         results = {"setfit": {k: {"seeds": entry["seeds"]} for k, entry in report["methods"]["setfit"].items()}}
         done_s = report.get("total_s", 0.0)
     report = {
-        "what": "SetFit peer on the learning-curve sets (tools/peers/setfit_peer.py)",
-        "sets": args.sets,
-        "test_posts": len(test.truth),
-        "test_unnamed": int(test.unnamed.sum()),
-        "test_authors": len(test.authors),
+        **report_header("SetFit peer on the learning-curve sets (tools/peers/setfit_peer.py)", args.sets, test),
         "setfit": "setfit.Trainer, TrainingArguments(num_iterations=20, num_epochs=1, batch_size=16, seed=S; "
                   "defaults otherwise: body_learning_rate 2e-5, CosineSimilarityLoss, warmup_proportion 0.1), "
                   "body all-MiniLM-L6-v2 (max_seq_length 256, mean pooling, normalized), head "

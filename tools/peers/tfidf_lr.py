@@ -140,6 +140,12 @@ def write_report(out, stem, report, caption):
     return lines
 
 
+def report_header(what, sets, test):
+    """What a peer's report.json says first: what it is, the sets it ran on and the test posts' counts."""
+    return {"what": what, "sets": sets, "test_posts": len(test.truth), "test_unnamed": int(test.unnamed.sum()),
+            "test_authors": len(test.authors)}
+
+
 def tfidf_lr(support, test):
     start = time.perf_counter()
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)
@@ -197,11 +203,7 @@ def main():
     print(f"total {total:.1f} s")
 
     report = {
-        "what": "peer baselines on the learning-curve sets (tools/peers/tfidf_lr.py)",
-        "sets": args.sets,
-        "test_posts": len(test.truth),
-        "test_unnamed": int(test.unnamed.sum()),
-        "test_authors": len(test.authors),
+        **report_header("peer baselines on the learning-curve sets (tools/peers/tfidf_lr.py)", args.sets, test),
         "tfidf_lr": "TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True) + "
                     "LogisticRegression(C=10, max_iter=1000, solver='lbfgs', multinomial)",
         "versions": {p: version(p) for p in ("scikit-learn", "numpy", "scipy")},
