@@ -131,12 +131,14 @@ pub(crate) fn aggregate(
         })
     };
     let prior_once = rule == AuthorRule::Product && (prior.weight > 0.0 || scoring.head.is_some());
+    // Each shared city's prior, once for all the posts (0 where it is not taken out).
+    let priors: Vec<f64> = shared
+        .iter()
+        .map(|&city| if prior_once { prior_of(city) } else { 0.0 })
+        .collect();
     let distributions: Vec<Vec<f64>> = posts
         .iter()
-        .map(|located| {
-            let less = |city: CityId| if prior_once { prior_of(city) } else { 0.0 };
-            post_distribution(located, &shared, scoring, prior, less)
-        })
+        .map(|located| post_distribution(located, &shared, scoring, prior, &priors))
         .collect();
     let weights: Vec<f64> = distributions.iter().map(|q| informativeness(q)).collect();
     let total_weight: f64 = weights.iter().sum();
@@ -163,7 +165,7 @@ pub(crate) fn aggregate(
                     .zip(&weights)
                     .map(|(q, w)| w * q[c].max(f64::MIN_POSITIVE).ln())
                     .sum();
-                evidence + if prior_once { prior_of(shared[c]) } else { 0.0 }
+                evidence + priors[c]
             }
         })
         .collect();
@@ -239,13 +241,13 @@ pub(crate) fn aggregate(
 }
 
 /// A post's probabilities over the `shared` candidates (see the module documentation, step 2), scored with
-/// `prior` like its own shortlist was, with `less(city)` taken off each city's score first.
+/// `prior` like its own shortlist was, with `less[c]` taken off the score of `shared[c]` first.
 fn post_distribution(
     located: &Located,
     shared: &[CityId],
     scoring: &Scoring,
     prior: PopulationPrior,
-    less: impl Fn(CityId) -> f64,
+    less: &[f64],
 ) -> Vec<f64> {
     let (answer, query) = (&located.answer, located.query.as_slice());
     let evidence = located.signals.evidence(scoring.weights, scoring.head);
@@ -261,7 +263,8 @@ fn post_distribution(
         .unwrap_or(0.0);
     let scores: Vec<f64> = shared
         .iter()
-        .map(|city| {
+        .zip(less)
+        .map(|(city, less)| {
             let score = own.get(city).copied().or_else(|| {
                 let scored = score_for_ranking(
                     query,
@@ -273,7 +276,7 @@ fn post_distribution(
                 )?;
                 Some(scored.ranking() / scoring.tau + least_logit)
             });
-            score.map_or(f64::NEG_INFINITY, |s| f64::from(s) - less(*city))
+            score.map_or(f64::NEG_INFINITY, |s| f64::from(s) - less)
         })
         .collect();
     softmax(&scores)

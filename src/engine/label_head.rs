@@ -341,10 +341,8 @@ impl LabelHead {
             return 0.0;
         };
         let labels = self.labels[class] as f32;
-        let total = self.labels.iter().sum::<usize>() as f32;
         let trust = labels / (labels + shrink);
-        let log_ratio = (self.classes.len() as f32 * labels / total).ln();
-        weight * trust * log_ratio
+        weight * trust * (self.classes.len() as f32 * self.label_share(city)).ln()
     }
 
     /// The share of the store's labelled posts that `city` holds (0 for a city without labels).
