@@ -9,7 +9,7 @@
 //! K may be `all`. Each further argument is a JSON object of [`EngineConfig`] fields over the defaults; the
 //! store is built with the first one, and the label head is refitted when a setting changes how it is
 //! fitted (`head.epochs`, `head.l2`, ...). Prints one line per setting: Acc@1, macro
-//! Acc@1, unnamed Acc@1, Acc@161km.
+//! Acc@1, unnamed Acc@1, Acc@161km, macro Acc@161km, mean error in km.
 
 use std::sync::Arc;
 
@@ -92,12 +92,15 @@ fn main() -> anyhow::Result<()> {
         let rankings = answers.iter().map(|a| store.ranking(a)).collect();
         let report = MethodReport::of(&to_predictions(&test, rankings, &data.cities), &data.cities);
         println!(
-            "K={} seed={seed} acc1 {:.3} macro {:.3} unnamed {:.3} acc161 {:.3} ({:.0}s) {json}",
+            "K={} seed={seed} acc1 {:.3} macro {:.3} unnamed {:.3} acc161 {:.3} macro-acc161 {:.3} \
+             mean-km {:.0} ({:.0}s) {json}",
             args[1],
             report.overall.acc1,
             report.macro_avg.acc1,
             report.unnamed.acc1,
             report.overall.acc161,
+            report.macro_avg.acc161,
+            report.overall.mean_km,
             started.elapsed().as_secs_f64()
         );
     }
