@@ -745,8 +745,15 @@ fn open_generation(
 /// pending labels first, then fits it once. How a store and a replica open a generation.
 pub fn open_generation_dir(dir: &Path, device: &Device, config: &EngineConfig) -> Result<Snapshot> {
     let model_dir = dir.join(MODEL_DIR);
-    let model_id = GeoModel::read_config(&model_dir)?.model_id;
-    let load = || Ok(Arc::new(GeoModel::load(&model_dir, device)?));
+    let model_config = GeoModel::read_config(&model_dir)?;
+    let model_id = model_config.model_id.clone();
+    let load = || {
+        Ok(Arc::new(GeoModel::load_with_config(
+            &model_dir,
+            model_config,
+            device,
+        )?))
+    };
     Snapshot::open_loading_model(&dir.join(INDEX_DIR), &model_id, load, config)
 }
 

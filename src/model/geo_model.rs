@@ -184,7 +184,12 @@ impl GeoModel {
 
     /// Loads a checkpoint directory written by [`GeoModel::save`].
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config = Self::read_config(dir)?;
+        Self::load_with_config(dir, Self::read_config(dir)?, device)
+    }
+
+    /// [`Self::load`] with the checkpoint's configuration already read (by [`Self::read_config`]), for a
+    /// caller that needed it before the weights.
+    pub fn load_with_config(dir: &Path, config: GeoModelConfig, device: &Device) -> Result<Self> {
         let files = ModelFiles::in_dir(dir)?;
         let bert = read_config(&files.config)?;
         let post_encoder = TextEncoder::load_with_weights(
