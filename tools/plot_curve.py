@@ -46,6 +46,12 @@ def report_rows(directories):
     return rows
 
 
+def engine_cell(e):
+    """Acc@1 / macro Acc@1 / unnamed Acc@1 / Acc@161km of one engine result, as the tables print it."""
+    return (f"{e['overall']['acc1']:.3f} / {e['macro_avg']['acc1']:.3f} / {e['unnamed']['acc1']:.3f} / "
+            f"{e['overall']['acc161']:.3f}")
+
+
 def position(k):
     """Where K sits on the plot's axis: the curve's K are powers of two one step apart, `all` one step past 64."""
     return len(ORDER) - 1 if k == "all" else math.log2(int(k))
@@ -83,8 +89,7 @@ def main():
         lr, sf = ([peer_metric(source, method, k, key) for key in ("acc1", "macro_acc1", "unnamed_acc1", "acc161")]
                   for source, method in ((peers, "tfidf_lr"), (setfit, "setfit")))
         sf = " / ".join(map(fmt, sf)) if any(x is not None for x in sf) else "-"
-        print(f"| {k} | {engine[k]['seeds']} | {e['overall']['acc1']:.3f} / {e['macro_avg']['acc1']:.3f} / "
-              f"{e['unnamed']['acc1']:.3f} / {e['overall']['acc161']:.3f} | {' / '.join(map(fmt, lr))} | {sf} | "
+        print(f"| {k} | {engine[k]['seeds']} | {engine_cell(e)} | {' / '.join(map(fmt, lr))} | {sf} | "
               f"{fmt(peer_metric(peers, 'majority', k, 'acc1'))} | {engine[k]['zero-shot']['overall']['acc1']:.3f} | "
               f"{fmt(engine[k]['authors'].get('acc161'))} / {fmt(peer_metric(peers, 'tfidf_lr', k, 'author_acc161'))}"
               f" / {fmt(peer_metric(setfit, 'setfit', k, 'author_acc161'))} |")
@@ -95,8 +100,7 @@ def main():
         print("|---|---|---|---|")
         for k in sorted(trained, key=position):
             e = trained[k]["engine"]
-            print(f"| {k} | {trained[k]['seeds']} | {e['overall']['acc1']:.3f} / {e['macro_avg']['acc1']:.3f} / "
-                  f"{e['unnamed']['acc1']:.3f} / {e['overall']['acc161']:.3f} | {fmt(trained[k]['authors'].get('acc161'))} |")
+            print(f"| {k} | {trained[k]['seeds']} | {engine_cell(e)} | {fmt(trained[k]['authors'].get('acc161'))} |")
 
     import matplotlib
     matplotlib.use("Agg")
