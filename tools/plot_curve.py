@@ -70,7 +70,7 @@ def peer_metric(peers, method, k, key):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--curve", default="reports/curve")
-    parser.add_argument("--trained", default="reports/k5-hybrid,reports/k16-hybrid,reports/all-encoder",
+    parser.add_argument("--trained", default="reports/k5-hybrid,reports/k16-hybrid,reports/all-encoder-2",
                         help="comma-separated eval report directories of the product with trained encoders")
     args = parser.parse_args()
     engine = engine_rows(args.curve)
