@@ -99,6 +99,9 @@ pub struct TrainOptions {
     /// Learn the contrastive temperature (starting from --tau).
     #[arg(long)]
     pub learn_tau: bool,
+    /// Class-balanced epochs: at most this many posts of each city per epoch, drawn afresh each epoch.
+    #[arg(long, value_parser = flags::at_least_one)]
+    pub max_posts_per_city: Option<usize>,
 }
 
 impl TrainOptions {
@@ -136,6 +139,7 @@ impl TrainOptions {
             freeze_word_embeddings: !self.train_word_embeddings,
             seed: self.seed,
             learn_tau: self.learn_tau,
+            max_posts_per_city: self.max_posts_per_city,
             ..Default::default()
         }
     }

@@ -73,6 +73,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Learn the contrastive temperature (kept within [0.01, 1]) instead of fixing it.
     pub learn_tau: bool,
+    /// Class-balanced epochs: each epoch takes at most this many posts of each city, drawn afresh, so a
+    /// city with thousands of labels does not drown one with twenty (macro accuracy). `None`: every post.
+    pub max_posts_per_city: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -95,6 +98,7 @@ impl Default for TrainConfig {
             dropout_scale: 1.0,
             seed: 0,
             learn_tau: false,
+            max_posts_per_city: None,
         }
     }
 }
@@ -168,7 +172,12 @@ pub fn train(
     let started = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let batch_size = config.batch_size.max(1);
-    let per_epoch = posts.len().div_ceil(batch_size);
+    let by_city = posts_by_city(posts);
+    let epoch_posts = match config.max_posts_per_city {
+        Some(cap) => by_city.iter().map(|p| p.len().min(cap.max(1))).sum(),
+        None => posts.len(),
+    };
+    let per_epoch = epoch_posts.div_ceil(batch_size);
     let total_steps = (per_epoch * config.epochs.max(1)).max(config.min_steps);
     let mode = ForwardMode::Train {
         dropout_scale: config.dropout_scale,
@@ -214,7 +223,10 @@ pub fn train(
     let mut seen_posts = 0usize;
     let mut step = 0;
     while step < total_steps {
-        order.shuffle(&mut rng);
+        match config.max_posts_per_city {
+            Some(cap) => order = capped_epoch_order(&by_city, cap.max(1), &mut rng),
+            None => order.shuffle(&mut rng),
+        }
         for batch in order.chunks(batch_size) {
             if step >= total_steps {
                 break;
@@ -369,6 +381,28 @@ fn trainable_encoder_vars(model: &GeoModel, freeze_word_embeddings: bool) -> Vec
     vars
 }
 
+/// Post positions grouped by city, in city order.
+fn posts_by_city(posts: &[CityPost]) -> Vec<Vec<usize>> {
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, post) in posts.iter().enumerate() {
+        groups.entry(post.city).or_default().push(i);
+    }
+    groups.into_values().collect()
+}
+
+/// One epoch's post order with at most `cap` posts of each city: a fresh random subset of the big cities,
+/// every post of the small ones, shuffled together.
+fn capped_epoch_order(by_city: &[Vec<usize>], cap: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut order = Vec::new();
+    for group in by_city {
+        let mut group = group.clone();
+        group.shuffle(rng);
+        order.extend(group.into_iter().take(cap));
+    }
+    order.shuffle(rng);
+    order
+}
+
 /// Table positions of the cities a step contrasts against: all of them when few, else the batch's cities
 /// plus a random sample up to `max_cities_per_step`.
 fn candidate_cities(
@@ -414,5 +448,32 @@ mod tests {
         assert_eq!(f[1], 1.0);
         assert!(f.windows(2).skip(1).all(|w| w[1] <= w[0]));
         assert!(f[9] > 0.0 && f[9] < 0.2);
+    }
+
+    #[test]
+    fn capped_epochs_keep_small_cities_whole_and_redraw_big_ones() {
+        // City 0 has 100 posts, city 1 has 3.
+        let by_city = vec![(0..100).collect::<Vec<usize>>(), vec![100, 101, 102]];
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let first = capped_epoch_order(&by_city, 10, &mut rng);
+        let second = capped_epoch_order(&by_city, 10, &mut rng);
+        for order in [&first, &second] {
+            assert_eq!(order.len(), 13);
+            assert_eq!(order.iter().filter(|&&i| i < 100).count(), 10);
+            assert!([100, 101, 102].iter().all(|i| order.contains(i)));
+            let distinct: HashSet<_> = order.iter().collect();
+            assert_eq!(distinct.len(), 13);
+        }
+        let big = |o: &Vec<usize>| {
+            o.iter()
+                .filter(|&&i| i < 100)
+                .copied()
+                .collect::<HashSet<_>>()
+        };
+        assert_ne!(
+            big(&first),
+            big(&second),
+            "each epoch draws the big city afresh"
+        );
     }
 }
