@@ -257,6 +257,9 @@ impl PlaceNames {
             let mut later_capital = false;
             key.clear();
             for n in 1..=MAX_NAME_WORDS.min(words.len() - at) {
+                if n > 1 && words[at + n - 1].after_break {
+                    break;
+                }
                 if n > 1 {
                     key.push(' ');
                     later_capital |= is_capitalised(&words[at + n - 1]);
@@ -329,6 +332,9 @@ struct Word<'a> {
     text: &'a str,
     /// Whether it is the text's first word or follows a '.', '!', '?' or line break (a hashtag never is).
     opens_sentence: bool,
+    /// Whether a comma, semicolon, '|', '@' or line break separates it from the word before: no name runs
+    /// across one ("@ New York, New York" is the city twice, not the Las Vegas casino "New York-New York").
+    after_break: bool,
 }
 
 /// Whether the word starts with a capital letter.
@@ -341,6 +347,7 @@ fn words(text: &str) -> Vec<Word<'_>> {
     let is_inner = |c: char| c.is_alphanumeric() || matches!(c, '\'' | '.' | '-');
     let mut words = Vec::new();
     let mut opens_sentence = true;
+    let mut broken = false;
     let mut rest = text;
     while let Some(start) = rest.find(is_inner) {
         let gap = &rest[..start];
@@ -356,11 +363,14 @@ fn words(text: &str) -> Vec<Word<'_>> {
         if word.is_empty() {
             // Punctuation alone ("...", "-"): a dot in it may end a sentence.
             opens_sentence = opens_sentence || raw.contains('.');
+            broken |= gap.contains([',', ';', '|', '@', '\n']);
         } else {
             words.push(Word {
                 text: word,
                 opens_sentence: opens_sentence && !hashtag,
+                after_break: gap.contains([',', ';', '|', '@', '\n']) || broken,
             });
+            broken = false;
             // A word ending in '.' ("Austin." but also "St.") may end a sentence: the next word is treated
             // as opening one, which only keeps it from counting as a one-word name.
             opens_sentence = raw.ends_with('.');
@@ -577,6 +587,33 @@ mod tests {
             first_name(&table, "Off to New york", &every_word_common),
             "New york"
         );
+    }
+
+    #[test]
+    fn no_name_runs_across_a_comma_or_a_check_in() {
+        let cities = CityTable::new(vec![
+            city(3, "New York City", &["New York"], 8_000_000),
+            city(10, "Paradise", &[], 190_000),
+        ])
+        .unwrap();
+        let mut builder = PlaceNamesBuilder::from_cities(cities.cities());
+        builder.add_known(
+            &[known("New York New York", PlaceKind::Landmark, 10, 0.9)],
+            &cities,
+        );
+        let table = builder.build();
+        let ids = |text: &str| -> Vec<CityId> {
+            table
+                .find(text, &every_word_common)
+                .iter()
+                .map(|m| m.places[0].id)
+                .collect()
+        };
+        // Written as one name, the casino; a check-in "City, State" is the city twice.
+        assert_eq!(ids("Dinner at New York New York tonight"), [10]);
+        assert_eq!(ids("Friday night @ New York, New York"), [3, 3]);
+        assert_eq!(ids("Back in New York; New York is home"), [3, 3]);
+        assert_eq!(ids("Bagels in New York @ New York"), [3, 3]);
     }
 
     #[test]
