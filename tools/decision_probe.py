@@ -5,7 +5,8 @@ Re-decides `contrastgeo locate` answers from their shortlists (`top_k`: score, l
 engine, and prints Acc@1 / macro Acc@1 / Acc@161km (and, with --authors, the same for authors with >= 5 posts)
 for two families of rules:
   prior beta     argmax of score - beta * ln(n_c / N): the store's label-count prior taken out of the decision
-                 (n_c labelled posts of city c among N; beta 0 is the engine's own answer)
+                 (n_c labelled posts of city c among N; beta 0 is the engine's own answer, a negative beta counts
+                 the prior once more: big cities, which Acc@161km favours)
   mass T lam     argmax of p_c + lam * (probability within 161 km of c), p = softmax(score / T): the city with
                  the most probability around it, the decision that maximises Acc@161km when p is calibrated
 
@@ -25,7 +26,7 @@ import math
 from geodesy import km
 
 RADIUS_KM = 161.0
-BETAS = [0, 0.5, 1, 1.5, 2, 3, 4, 6, 8]
+BETAS = [-4, -2, -1, -0.5, 0, 0.5, 1, 1.5, 2, 3, 4, 6, 8]
 MASS = [(t, lam) for t in (1, 2, 4, 8) for lam in (1, 4, 100)]
 
 
