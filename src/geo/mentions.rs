@@ -342,6 +342,9 @@ fn is_capitalised(word: &Word) -> bool {
     word.text.chars().next().is_some_and(char::is_uppercase)
 }
 
+/// Characters no place name runs across (see [`Word::after_break`]).
+const NAME_BREAKS: [char; 5] = [',', ';', '|', '@', '\n'];
+
 /// A text's words (see [`Word`]); other punctuation, '#' and '@' separate them.
 fn words(text: &str) -> Vec<Word<'_>> {
     let is_inner = |c: char| c.is_alphanumeric() || matches!(c, '\'' | '.' | '-');
@@ -363,12 +366,12 @@ fn words(text: &str) -> Vec<Word<'_>> {
         if word.is_empty() {
             // Punctuation alone ("...", "-"): a dot in it may end a sentence.
             opens_sentence = opens_sentence || raw.contains('.');
-            broken |= gap.contains([',', ';', '|', '@', '\n']);
+            broken |= gap.contains(NAME_BREAKS);
         } else {
             words.push(Word {
                 text: word,
                 opens_sentence: opens_sentence && !hashtag,
-                after_break: gap.contains([',', ';', '|', '@', '\n']) || broken,
+                after_break: broken || gap.contains(NAME_BREAKS),
             });
             broken = false;
             // A word ending in '.' ("Austin." but also "St.") may end a sentence: the next word is treated

@@ -173,8 +173,9 @@ pub fn train(
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let batch_size = config.batch_size.max(1);
     let by_city = posts_by_city(posts);
-    let epoch_posts = match config.max_posts_per_city {
-        Some(cap) => by_city.iter().map(|p| p.len().min(cap.max(1))).sum(),
+    let cap = config.max_posts_per_city.map(|cap| cap.max(1));
+    let epoch_posts = match cap {
+        Some(cap) => by_city.iter().map(|p| p.len().min(cap)).sum(),
         None => posts.len(),
     };
     let per_epoch = epoch_posts.div_ceil(batch_size);
@@ -223,8 +224,8 @@ pub fn train(
     let mut seen_posts = 0usize;
     let mut step = 0;
     while step < total_steps {
-        match config.max_posts_per_city {
-            Some(cap) => order = capped_epoch_order(&by_city, cap.max(1), &mut rng),
+        match cap {
+            Some(cap) => order = capped_epoch_order(&by_city, cap, &mut rng),
             None => order.shuffle(&mut rng),
         }
         for batch in order.chunks(batch_size) {
