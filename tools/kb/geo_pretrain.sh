@@ -2,7 +2,8 @@
 # Opt-in (issue #18): fine-tunes the base model with TLC on synthetic posts written from the place knowledge
 # base's lists ("Dinner near {landmark}", "Let's go {team}!"), then builds a zero-shot world store with it.
 # About 30 minutes of training (7,089 posts: 4 per city) and a minute of indexing on the 2-core machine, which
-# is why set-up does not run it. README, "Place knowledge base", has what it gained, measured on posts naming none of the names it saw.
+# is why set-up does not run it. README, "Place knowledge base", has what it gained, measured on posts naming
+# none of the names it saw.
 #
 #   tools/kb/geo_pretrain.sh OUT_DIR [--held-out]
 #
